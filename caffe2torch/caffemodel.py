@@ -1,0 +1,329 @@
+"""Binary caffemodel reading and writing, by field number, for every dialect.
+
+Weights need only each layer's name, type and blobs, and those sit at the same field numbers in upstream
+Caffe and both DeepLab forks: NetParameter.layer = 100 (LayerParameter: name 1, type 2 as a string, blobs 7)
+and the legacy NetParameter.layers = 2 (V1-style: name 4, type 5 as an enum, blobs 6). BlobProto is shape 7
+(BlobShape.dim 1), data 5, double_data 8, and legacy num/channels/height/width 1-4. The clashing parameter
+fields (DeepLab's 143-151, v1's 42-59, hole 17-19) are skipped, never decoded.
+
+The reader walks the wire format itself over a memory map: float data become numpy views of the mapped file,
+so a 170 MB model costs about its size once, not the several copies protobuf's Python API makes, and files
+over protobuf's 64 MB default limit are no problem.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from caffe2torch.errors import CaffeModelError, Location
+from caffe2torch.upgrade import V1_LAYER_TYPES
+from caffe2torch.util import atomic_output
+
+_WIRE_VARINT, _WIRE_64, _WIRE_LEN, _WIRE_32 = 0, 1, 2, 5
+# V1 LayerType values: stock BVLC and DeepLab v1 share them except 39 (DECONVOLUTION vs IMAGE_SEG_DATA).
+_V1_ENUM_BY_NAME = {
+    "NONE": 0, "ACCURACY": 1, "BNLL": 2, "CONCAT": 3, "CONVOLUTION": 4, "DATA": 5, "DROPOUT": 6,
+    "EUCLIDEAN_LOSS": 7, "FLATTEN": 8, "HDF5_DATA": 9, "HDF5_OUTPUT": 10, "IM2COL": 11, "IMAGE_DATA": 12,
+    "INFOGAIN_LOSS": 13, "INNER_PRODUCT": 14, "LRN": 15, "MULTINOMIAL_LOGISTIC_LOSS": 16, "POOLING": 17,
+    "RELU": 18, "SIGMOID": 19, "SOFTMAX": 20, "SOFTMAX_LOSS": 21, "SPLIT": 22, "TANH": 23, "WINDOW_DATA": 24,
+    "ELTWISE": 25, "POWER": 26, "SIGMOID_CROSS_ENTROPY_LOSS": 27, "HINGE_LOSS": 28, "MEMORY_DATA": 29,
+    "ARGMAX": 30, "THRESHOLD": 31, "DUMMY_DATA": 32, "SLICE": 33, "MVN": 34, "ABSVAL": 35, "SILENCE": 36,
+    "CONTRASTIVE_LOSS": 37, "EXP": 38, "IMAGE_SEG_DATA": 39, "SEG_ACCURACY": 40, "INTERP": 41, "PADDING": 42,
+    "MAT_WRITE": 43, "MAT_READ": 44, "DENSE_CRF": 45, "DOMINANT_CHANNEL": 46, "BIAS_CHANNEL": 47,
+    "UNIQUE_LABEL": 48, "CENSOR_LABEL": 49, "ADAPTIVE_BIAS_CHANNEL": 50, "CHANNEL_AGGREGATOR": 51,
+    "IGNORE_OVERLAY": 52, "HISTOGRAM": 53, "RELATIVE_ERROR": 54, "GAIN_CHANNEL": 55, "ONEHOT": 56,
+}
+_V1_NAME_BY_ENUM = {v: k for k, v in _V1_ENUM_BY_NAME.items()}
+_V1_ENUM_BY_TYPE = {V1_LAYER_TYPES[name]: value for name, value in _V1_ENUM_BY_NAME.items() if name != "NONE"}
+
+
+@dataclass
+class CaffeModelLayer:
+    name: str
+    type: str
+    blobs: list[np.ndarray] = field(default_factory=list)
+    # True where a blob gave its shape as legacy num/channels/height/width (always 4-D, padded with 1s).
+    legacy_shape: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class CaffeModel:
+    name: str
+    layers: list[CaffeModelLayer]
+    source: str | None = None
+    dialect_hint: str = "layer"  # "layer" (field 100) or "layers" (legacy field 2)
+
+    def by_name(self) -> dict[str, CaffeModelLayer]:
+        return {layer.name: layer for layer in self.layers}
+
+    def with_blobs(self) -> list[CaffeModelLayer]:
+        return [layer for layer in self.layers if layer.blobs]
+
+    def nbytes(self) -> int:
+        return sum(b.nbytes for layer in self.layers for b in layer.blobs)
+
+
+class _Reader:
+    """Protobuf wire-format walker over a buffer, with bounds checks that name what was being read."""
+
+    def __init__(self, buf: memoryview, source: str | None):
+        self.buf = buf
+        self.source = source
+
+    def fail(self, what: str, offset: int) -> CaffeModelError:
+        return CaffeModelError(
+            f"truncated or corrupt caffemodel: {what} at byte {offset} of {len(self.buf)}", Location(self.source)
+        )
+
+    def varint(self, pos: int, end: int, what: str) -> tuple[int, int]:
+        result, shift, buf = 0, 0, self.buf
+        while True:
+            if pos >= end or shift > 63:
+                raise self.fail(f"bad varint in {what}", pos)
+            byte = buf[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return result, pos
+            shift += 7
+
+    def fields(self, start: int, end: int, what: str) -> Iterator[tuple[int, int, int, int]]:
+        """Yield (field number, wire type, value or payload start, payload end) for a message's fields."""
+        pos = start
+        while pos < end:
+            key, pos = self.varint(pos, end, what)
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                raise self.fail(f"field number 0 in {what}", pos)
+            if wire == _WIRE_VARINT:
+                value, pos = self.varint(pos, end, what)
+                yield number, wire, value, pos
+            elif wire == _WIRE_64:
+                if pos + 8 > end:
+                    raise self.fail(f"64-bit field {number} of {what} runs past the end", pos)
+                yield number, wire, pos, pos + 8
+                pos += 8
+            elif wire == _WIRE_LEN:
+                length, pos = self.varint(pos, end, what)
+                if pos + length > end:
+                    raise self.fail(f"field {number} of {what} ({length} bytes) runs past the end", pos)
+                yield number, wire, pos, pos + length
+                pos += length
+            elif wire == _WIRE_32:
+                if pos + 4 > end:
+                    raise self.fail(f"32-bit field {number} of {what} runs past the end", pos)
+                yield number, wire, pos, pos + 4
+                pos += 4
+            else:
+                raise self.fail(f"unknown wire type {wire} (field {number}) in {what}", pos)
+
+    def text(self, start: int, end: int) -> str:
+        return bytes(self.buf[start:end]).decode("utf-8", errors="replace")
+
+    def blob(self, start: int, end: int, what: str) -> tuple[np.ndarray, bool]:
+        shape: list[int] | None = None
+        legacy = [0, 0, 0, 0]
+        legacy_set = False
+        chunks: list[np.ndarray] = []
+        singles: list[float] = []
+        doubles: list[np.ndarray] = []
+        for number, wire, a, b in self.fields(start, end, what):
+            if number == 7 and wire == _WIRE_LEN:  # shape: BlobShape
+                shape = []
+                for n2, w2, a2, b2 in self.fields(a, b, what + " shape"):
+                    if n2 == 1 and w2 == _WIRE_LEN:  # packed int64 dims
+                        pos = a2
+                        while pos < b2:
+                            dim, pos = self.varint(pos, b2, what + " shape")
+                            shape.append(dim)
+                    elif n2 == 1 and w2 == _WIRE_VARINT:
+                        shape.append(a2)
+            elif number in (1, 2, 3, 4) and wire == _WIRE_VARINT:
+                legacy[number - 1] = a
+                legacy_set = True
+            elif number == 5 and wire == _WIRE_LEN:  # packed float data: a zero-copy view of the file
+                if (b - a) % 4:
+                    raise self.fail(f"float data of {what} is not a whole number of floats", a)
+                chunks.append(np.frombuffer(self.buf[a:b], dtype="<f4"))
+            elif number == 5 and wire == _WIRE_32:  # unpacked float (very old writers)
+                singles.append(struct.unpack_from("<f", self.buf, a)[0])
+            elif number == 8 and wire == _WIRE_LEN:  # double_data
+                if (b - a) % 8:
+                    raise self.fail(f"double data of {what} is not a whole number of doubles", a)
+                doubles.append(np.frombuffer(self.buf[a:b], dtype="<f8").astype(np.float32))
+        if singles:
+            chunks.append(np.asarray(singles, dtype=np.float32))
+        chunks += doubles
+        data = chunks[0] if len(chunks) == 1 else (np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
+        is_legacy = shape is None
+        if shape is None:
+            shape = legacy if legacy_set else [data.size]
+        expected = int(np.prod(shape)) if shape else 1
+        if expected != data.size:
+            raise CaffeModelError(
+                f"{what}: shape {tuple(shape)} needs {expected} values but the blob holds {data.size}",
+                Location(self.source),
+            )
+        return data.reshape(shape), is_legacy
+
+
+def read_caffemodel_bytes(buf: memoryview | bytes, source: str | None = None) -> CaffeModel:
+    reader = _Reader(memoryview(buf), source)
+    name = ""
+    layers: list[CaffeModelLayer] = []
+    hint = "layer"
+    for number, wire, a, b in reader.fields(0, len(reader.buf), "NetParameter"):
+        if number == 1 and wire == _WIRE_LEN:
+            name = reader.text(a, b)
+        elif number in (100, 2) and wire == _WIRE_LEN:
+            v1 = number == 2
+            hint = "layers" if v1 else hint
+            layer = CaffeModelLayer(name="", type="")
+            index = len(layers)
+            blob_ranges = []
+            for n2, w2, a2, b2 in reader.fields(a, b, f"layer #{index}"):
+                if w2 == _WIRE_LEN and n2 == (4 if v1 else 1):
+                    layer.name = reader.text(a2, b2)
+                elif not v1 and n2 == 2 and w2 == _WIRE_LEN:
+                    layer.type = reader.text(a2, b2)
+                elif v1 and n2 == 5 and w2 == _WIRE_VARINT:
+                    enum_name = _V1_NAME_BY_ENUM.get(a2, f"V1_TYPE_{a2}")
+                    layer.type = V1_LAYER_TYPES.get(enum_name, enum_name)
+                elif w2 == _WIRE_LEN and n2 == (6 if v1 else 7):
+                    blob_ranges.append((a2, b2))
+            for i, (a2, b2) in enumerate(blob_ranges):
+                blob, legacy = reader.blob(a2, b2, f"layer '{layer.name}' blob {i}")
+                layer.blobs.append(blob)
+                layer.legacy_shape.append(legacy)
+            layers.append(layer)
+    if not layers:
+        raise CaffeModelError("not a caffemodel: it holds no layers", Location(source))
+    return CaffeModel(name, layers, source, hint)
+
+
+def read_caffemodel(path: str | Path) -> CaffeModel:
+    """Read a binary caffemodel of any dialect. Blob arrays are read-only views of a memory map of the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                raise CaffeModelError("empty file", Location(str(path)))
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        raise CaffeModelError("no such file", Location(str(path))) from None
+    except IsADirectoryError:
+        raise CaffeModelError("is a directory, not a caffemodel", Location(str(path))) from None
+    except OSError as exc:
+        raise CaffeModelError(f"cannot read: {exc.strerror}", Location(str(path))) from None
+    return read_caffemodel_bytes(memoryview(mapped), str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _key(number: int, wire: int) -> bytes:
+    return _varint((number << 3) | wire)
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _key(number, _WIRE_LEN) + _varint(len(payload)) + payload
+
+
+def _string_field(number: int, text: str) -> bytes:
+    return _len_field(number, text.encode("utf-8"))
+
+
+def _blob_header(array: np.ndarray, legacy: bool) -> tuple[bytes, int]:
+    """BlobProto without its data: shape (or legacy n/c/h/w), then the key and length of packed data."""
+    if legacy:
+        dims = list(array.shape)
+        if len(dims) > 4:
+            raise ValueError("legacy blobs are at most 4-D")
+        dims = [1] * (4 - len(dims)) + dims
+        head = b"".join(_key(i + 1, _WIRE_VARINT) + _varint(d) for i, d in enumerate(dims))
+    else:
+        packed = b"".join(_varint(d) for d in array.shape)
+        head = _len_field(7, _len_field(1, packed))
+    nbytes = array.size * 4
+    head += _key(5, _WIRE_LEN) + _varint(nbytes)
+    return head, nbytes
+
+
+def _layer_chunks(
+    name: str, kind: str, blobs: list[np.ndarray], bottoms: list[str], tops: list[str], v1: bool
+) -> Iterator[bytes]:
+    """Encoded chunks of one layer entry, float payloads last, without concatenating big arrays."""
+    if v1:
+        enum = _V1_ENUM_BY_TYPE.get(kind)
+        if enum is None:
+            raise ValueError(f"layer type '{kind}' has no DeepLab v1 enum value")
+        head = b"".join(_string_field(2, b) for b in bottoms) + b"".join(_string_field(3, t) for t in tops)
+        head += _string_field(4, name) + _key(5, _WIRE_VARINT) + _varint(enum)
+        blob_field = 6
+    else:
+        head = _string_field(1, name) + _string_field(2, kind)
+        head += b"".join(_string_field(3, b) for b in bottoms) + b"".join(_string_field(4, t) for t in tops)
+        blob_field = 7
+    arrays = [np.ascontiguousarray(b, dtype="<f4") for b in blobs]
+    encoded = []
+    for array in arrays:
+        blob_head, nbytes = _blob_header(array, legacy=v1)
+        encoded.append((_key(blob_field, _WIRE_LEN) + _varint(len(blob_head) + nbytes) + blob_head, array))
+    body_len = len(head) + sum(len(h) + a.nbytes for h, a in encoded)
+    yield _key(2 if v1 else 100, _WIRE_LEN) + _varint(body_len) + head
+    for blob_head, array in encoded:
+        yield blob_head
+        yield memoryview(array).cast("B")  # type: ignore[misc]
+
+
+@dataclass
+class WeightsLayer:
+    """One layer to write: name, type string, blobs (numpy), and optionally its bottoms and tops."""
+
+    name: str
+    type: str
+    blobs: list[np.ndarray] = field(default_factory=list)
+    bottoms: list[str] = field(default_factory=list)
+    tops: list[str] = field(default_factory=list)
+
+
+def write_caffemodel(path: str | Path, layers: list[WeightsLayer], name: str = "", dialect: str = "v2") -> None:
+    """Write a binary caffemodel atomically.
+
+    `dialect="v2"` writes `layer` (field 100) entries with string types and `shape` blobs, as upstream Caffe and
+    DeepLab v2 save them; `dialect="v1"` writes DeepLab v1 `layers` (field 2) with enum types and legacy
+    num/channels/height/width blobs (4-D weights as is, vectors as 1x1x1xN).
+    """
+    if dialect not in ("v1", "v2"):
+        raise ValueError("dialect must be 'v1' or 'v2'")
+    with atomic_output(path) as handle:
+        if name:
+            handle.write(_string_field(1, name))
+        for layer in layers:
+            for chunk in _layer_chunks(layer.name, layer.type, layer.blobs, layer.bottoms, layer.tops,
+                                       dialect == "v1"):
+                handle.write(chunk)

@@ -1,0 +1,83 @@
+"""One exception family for every user-facing failure, each able to say where it happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in an input file something is: any part may be unknown."""
+
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    layer: str | None = None
+    layer_type: str | None = None
+
+    def __str__(self) -> str:
+        place = ""
+        if self.file:
+            place = self.file
+            if self.line is not None:
+                place += f":{self.line}"
+                if self.column is not None:
+                    place += f":{self.column}"
+        if self.layer:
+            kind = f" ({self.layer_type})" if self.layer_type else ""
+            place = f"{place}: layer '{self.layer}'{kind}" if place else f"layer '{self.layer}'{kind}"
+        return place
+
+
+class CaffeError(Exception):
+    """Base class: a problem with the user's files or options, reported without a traceback."""
+
+    def __init__(self, message: str, location: Location | None = None):
+        self.message = message
+        self.location = location or Location()
+        where = str(self.location)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class PrototxtError(CaffeError):
+    """Malformed text, unknown field, mixed dialects, undefined template placeholder."""
+
+
+class NetDefinitionError(CaffeError):
+    """A net that parses but is not valid: missing bottom, cycle, bad parameter value."""
+
+
+class UnsupportedError(CaffeError):
+    """Layer types or parameter values we cannot convert. Lists every offending layer at once."""
+
+    def __init__(self, problems: list[tuple[Location, str]], source: str | None = None):
+        self.problems = problems
+        lines = [f"  {loc}: {msg}" for loc, msg in problems]
+        head = f"{len(problems)} unsupported layer(s) or parameter(s)"
+        if source:
+            head += f" in {source}"
+        super().__init__(head + ":\n" + "\n".join(lines))
+
+
+class CaffeModelError(CaffeError):
+    """Truncated or corrupt caffemodel, or one that does not match the net."""
+
+
+class WeightsMismatchError(CaffeModelError):
+    """Missing layers, unused blobs and shape mismatches between a net and its weights, listed together."""
+
+    def __init__(self, missing: list[str], unused: list[str], mismatched: list[str], source: str | None = None):
+        self.missing, self.unused, self.mismatched = missing, unused, mismatched
+        parts = []
+        if missing:
+            parts.append("layers without weights in the caffemodel: " + ", ".join(missing))
+        if unused:
+            parts.append("caffemodel layers the net does not use: " + ", ".join(unused))
+        if mismatched:
+            parts.append("shape mismatches:\n    " + "\n    ".join(mismatched))
+        where = f"{source}: " if source else ""
+        CaffeError.__init__(self, where + "weights do not match the net:\n  " + "\n  ".join(parts))
+
+
+class ArtifactError(CaffeError):
+    """A converted artifact that cannot be read."""

@@ -1,0 +1,16 @@
+"""Layer converters, one module per family; importing this package registers them all."""
+
+from caffe2torch.layers import (  # noqa: F401  (imported for their @register side effect)
+    activation,
+    blob_ops,
+    conv,
+    domain_transform,
+    eltwise,
+    interp,
+    normalization,
+    pooling,
+    softmax,
+)
+from caffe2torch.layers.registry import REGISTRY, BuildContext, CaffeLayer, LayerConverter, get_converter
+
+__all__ = ["REGISTRY", "BuildContext", "CaffeLayer", "LayerConverter", "get_converter"]

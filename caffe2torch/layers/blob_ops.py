@@ -1,0 +1,211 @@
+"""Layers that move data without arithmetic: Concat, Slice, Split, Flatten, Reshape, Crop, Tile."""
+
+from __future__ import annotations
+
+import torch
+
+from caffe2torch.caffe_math import canonical_axis, reshape_output_shape
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
+
+
+def _add(values):
+    if any(v is None for v in values):
+        return None
+    return sum(values)
+
+
+@register("Concat")
+class ConcatConverter(LayerConverter):
+    def output_shapes(self, spec, bottoms, ctx):
+        axis = canonical_axis(spec.param("concat_param").get("axis", 1), len(bottoms[0]))
+        shape = list(bottoms[0])
+        shape[axis] = _add([b[axis] for b in bottoms])
+        return [tuple(shape)]
+
+    def build(self, spec, bottoms, ctx):
+        return CaffeConcat(canonical_axis(spec.param("concat_param").get("axis", 1), len(bottoms[0])))
+
+
+class CaffeConcat(CaffeLayer):
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, *xs):
+        return torch.cat(xs, dim=self.axis)
+
+
+def slice_sizes(total: int | None, points: list[int], tops: int) -> list[int | None]:
+    """Caffe's Slice: explicit slice points, or an equal split into as many parts as there are tops."""
+    if points:
+        if len(points) != tops - 1:
+            raise ValueError(f"{len(points)} slice points for {tops} tops")
+        bounds = [0, *points, total]
+        if total is None:
+            return [b - a if b is not None else None for a, b in zip(bounds, bounds[1:])]
+        return [b - a for a, b in zip(bounds, bounds[1:])]
+    if total is None:
+        return [None] * tops
+    if total % tops:
+        raise ValueError(f"cannot split {total} equally into {tops} tops")
+    return [total // tops] * tops
+
+
+@register("Slice")
+class SliceConverter(LayerConverter):
+    def _axis_points(self, spec, ndim):
+        p = spec.param("slice_param")
+        return canonical_axis(p.get("axis", 1), ndim), list(p.get("slice_point", []))
+
+    def output_shapes(self, spec, bottoms, ctx):
+        axis, points = self._axis_points(spec, len(bottoms[0]))
+        shapes = []
+        for size in slice_sizes(bottoms[0][axis], points, len(spec.tops)):
+            shape = list(bottoms[0])
+            shape[axis] = size
+            shapes.append(tuple(shape))
+        return shapes
+
+    def build(self, spec, bottoms, ctx):
+        axis, points = self._axis_points(spec, len(bottoms[0]))
+        return CaffeSlice(axis, points, len(spec.tops))
+
+
+class CaffeSlice(CaffeLayer):
+    def __init__(self, axis: int, points: list[int], tops: int):
+        super().__init__()
+        self.axis, self.points, self.tops = axis, points, tops
+
+    def forward(self, x):
+        sizes = slice_sizes(x.shape[self.axis], self.points, self.tops)
+        return tuple(torch.split(x, sizes, dim=self.axis))
+
+
+@register("Split")
+class SplitConverter(LayerConverter):
+    def output_shapes(self, spec, bottoms, ctx):
+        return [bottoms[0]] * len(spec.tops)
+
+    def build(self, spec, bottoms, ctx):
+        return CaffeSplit(len(spec.tops))
+
+
+class CaffeSplit(CaffeLayer):
+    def __init__(self, tops: int):
+        super().__init__()
+        self.tops = tops
+
+    def forward(self, x):
+        return tuple(x for _ in range(self.tops)) if self.tops != 1 else x
+
+
+@register("Flatten")
+class FlattenConverter(LayerConverter):
+    def _axes(self, spec, ndim):
+        p = spec.param("flatten_param")
+        return canonical_axis(p.get("axis", 1), ndim), canonical_axis(p.get("end_axis", -1), ndim)
+
+    def output_shapes(self, spec, bottoms, ctx):
+        start, end = self._axes(spec, len(bottoms[0]))
+        middle = bottoms[0][start : end + 1]
+        size = None if None in middle else int(torch.tensor(middle).prod().item()) if middle else 1
+        return [tuple(bottoms[0][:start]) + (size,) + tuple(bottoms[0][end + 1 :])]
+
+    def build(self, spec, bottoms, ctx):
+        start, end = self._axes(spec, len(bottoms[0]))
+        return CaffeFlatten(start, end)
+
+
+class CaffeFlatten(CaffeLayer):
+    def __init__(self, start: int, end: int):
+        super().__init__()
+        self.start, self.end = start, end
+
+    def forward(self, x):
+        return torch.flatten(x, self.start, self.end)
+
+
+@register("Reshape")
+class ReshapeConverter(LayerConverter):
+    def output_shapes(self, spec, bottoms, ctx):
+        return [reshape_output_shape(tuple(bottoms[0]), spec.param("reshape_param"))]
+
+    def build(self, spec, bottoms, ctx):
+        return CaffeReshape(spec.param("reshape_param"))
+
+
+class CaffeReshape(CaffeLayer):
+    def __init__(self, param: dict):
+        super().__init__()
+        self.param = param
+
+    def forward(self, x):
+        return x.reshape(reshape_output_shape(tuple(x.shape), self.param))
+
+
+@register("Crop")
+class CropConverter(LayerConverter):
+    """Upstream Crop: bottom0 cut to bottom1's size from `axis` on, at `offset` (one for all, or one each)."""
+
+    def _offsets(self, spec, ndim):
+        p = spec.param("crop_param")
+        axis = canonical_axis(p.get("axis", 2), ndim)
+        offsets = list(p.get("offset", []))
+        count = ndim - axis
+        if len(offsets) == 1:
+            offsets = offsets * count
+        elif not offsets:
+            offsets = [0] * count
+        elif len(offsets) != count:
+            raise ValueError(f"crop_param has {len(offsets)} offsets for {count} cropped axes")
+        return axis, offsets
+
+    def output_shapes(self, spec, bottoms, ctx):
+        axis, offsets = self._offsets(spec, len(bottoms[0]))
+        shape = list(bottoms[0][:axis]) + list(bottoms[1][axis:])
+        for i, off in enumerate(offsets):
+            big, small = bottoms[0][axis + i], bottoms[1][axis + i]
+            if big is not None and small is not None and off + small > big:
+                raise ValueError(f"Crop of axis {axis + i}: offset {off} + size {small} exceeds {big}")
+        return [tuple(shape)]
+
+    def build(self, spec, bottoms, ctx):
+        axis, offsets = self._offsets(spec, len(bottoms[0]))
+        return CaffeCrop(axis, offsets)
+
+
+class CaffeCrop(CaffeLayer):
+    def __init__(self, axis: int, offsets: list[int]):
+        super().__init__()
+        self.axis, self.offsets = axis, offsets
+
+    def forward(self, x, reference):
+        for i, off in enumerate(self.offsets):
+            dim = self.axis + i
+            x = x.narrow(dim, off, reference.shape[dim])
+        return x
+
+
+@register("Tile")
+class TileConverter(LayerConverter):
+    def output_shapes(self, spec, bottoms, ctx):
+        p = spec.param("tile_param")
+        axis = canonical_axis(p.get("axis", 1), len(bottoms[0]))
+        shape = list(bottoms[0])
+        shape[axis] = None if shape[axis] is None else shape[axis] * int(p.get("tiles", 1))
+        return [tuple(shape)]
+
+    def build(self, spec, bottoms, ctx):
+        p = spec.param("tile_param")
+        return CaffeTile(canonical_axis(p.get("axis", 1), len(bottoms[0])), int(p.get("tiles", 1)))
+
+
+class CaffeTile(CaffeLayer):
+    def __init__(self, axis: int, tiles: int):
+        super().__init__()
+        self.axis, self.tiles = axis, tiles
+
+    def forward(self, x):
+        reps = [1] * x.dim()
+        reps[self.axis] = self.tiles
+        return x.repeat(*reps)

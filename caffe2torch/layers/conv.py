@@ -1,0 +1,159 @@
+"""Convolution, Deconvolution and InnerProduct. Caffe's blob layouts equal torch's: convolution weights are
+(out, in/group, kh, kw), deconvolution weights (in, out/group, kh, kw)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from caffe2torch.caffe_math import canonical_axis, conv_output_size, deconv_output_size
+from caffe2torch.layers.registry import BuildContext, CaffeLayer, LayerConverter, count, param_bool, register
+from caffe2torch.netspec import LayerSpec, Shape
+
+
+def _conv_geometry(spec: LayerSpec) -> tuple[list[int], list[int], list[int], list[int]]:
+    p = spec.param("convolution_param")
+    return list(p["kernel"]), list(p["stride"]), list(p["pad"]), list(p["dilation"])
+
+
+class _ConvBase(LayerConverter):
+    def check(self, spec: LayerSpec, ctx: BuildContext) -> list[str]:
+        p = spec.param("convolution_param")
+        problems = []
+        if None in p.get("kernel", [None]):
+            problems.append("convolution_param needs kernel_size (or kernel_h and kernel_w)")
+        if "num_output" not in p:
+            problems.append("convolution_param needs num_output")
+        if p.get("axis", 1) != 1:
+            problems.append(f"convolution_param.axis={p['axis']} (only the channel axis 1 is supported)")
+        if min(p.get("stride", [1])) < 1 or min(p.get("dilation", [1])) < 1:
+            problems.append("stride and dilation must be >= 1")
+        return problems
+
+    def window(self, spec: LayerSpec):
+        kernel, stride, _, dilation = _conv_geometry(spec)
+        return tuple(kernel), tuple(stride), tuple(dilation)
+
+    def _channels(self, spec: LayerSpec, bottoms: list[Shape]) -> tuple[int | None, int, int]:
+        p = spec.param("convolution_param")
+        return bottoms[0][1], int(p["num_output"]), int(p.get("group", 1))
+
+
+@register("Convolution")
+class ConvolutionConverter(_ConvBase):
+    def output_shapes(self, spec, bottoms, ctx):
+        kernel, stride, pad, dilation = _conv_geometry(spec)
+        _, out, _ = self._channels(spec, bottoms)
+        n, _, h, w = bottoms[0]
+        return [
+            (n, out, conv_output_size(h, kernel[0], pad[0], stride[0], dilation[0]),
+             conv_output_size(w, kernel[1], pad[1], stride[1], dilation[1]))
+        ]
+
+    def blob_shapes(self, spec, bottoms):
+        kernel, *_ = _conv_geometry(spec)
+        cin, out, group = self._channels(spec, bottoms)
+        shapes: list[Shape] = [(out, None if cin is None else cin // group, kernel[0], kernel[1])]
+        if param_bool(spec, "convolution_param", "bias_term", True):
+            shapes.append((out,))
+        return shapes
+
+    def build(self, spec, bottoms, ctx):
+        kernel, stride, pad, dilation = _conv_geometry(spec)
+        cin, out, group = self._channels(spec, bottoms)
+        if cin is None:
+            raise ValueError("the input channel count is unknown; give --input-shape")
+        return CaffeConvolution(cin, out, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation), group,
+                                param_bool(spec, "convolution_param", "bias_term", True))
+
+
+class CaffeConvolution(nn.Conv2d, CaffeLayer):
+    def __init__(self, cin, cout, kernel, stride, pad, dilation, group, bias):
+        nn.Conv2d.__init__(self, cin, cout, kernel, stride, pad, dilation, group, bias)
+        self.blob_names = ("weight", "bias") if bias else ("weight",)
+
+
+@register("Deconvolution")
+class DeconvolutionConverter(_ConvBase):
+    def output_shapes(self, spec, bottoms, ctx):
+        kernel, stride, pad, dilation = _conv_geometry(spec)
+        _, out, _ = self._channels(spec, bottoms)
+        n, _, h, w = bottoms[0]
+        return [
+            (n, out, deconv_output_size(h, kernel[0], pad[0], stride[0], dilation[0]),
+             deconv_output_size(w, kernel[1], pad[1], stride[1], dilation[1]))
+        ]
+
+    def blob_shapes(self, spec, bottoms):
+        kernel, *_ = _conv_geometry(spec)
+        cin, out, group = self._channels(spec, bottoms)
+        shapes: list[Shape] = [(cin, out // group, kernel[0], kernel[1])]
+        if param_bool(spec, "convolution_param", "bias_term", True):
+            shapes.append((out,))
+        return shapes
+
+    def window(self, spec):
+        return None  # upsampling: handled as a scale change
+
+    def scale_change(self, spec, bottoms, tops):
+        _, stride, _, _ = _conv_geometry(spec)
+        return float(stride[0])
+
+    def build(self, spec, bottoms, ctx):
+        kernel, stride, pad, dilation = _conv_geometry(spec)
+        cin, out, group = self._channels(spec, bottoms)
+        if cin is None:
+            raise ValueError("the input channel count is unknown; give --input-shape")
+        return CaffeDeconvolution(cin, out, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation), group,
+                                  param_bool(spec, "convolution_param", "bias_term", True))
+
+
+class CaffeDeconvolution(nn.ConvTranspose2d, CaffeLayer):
+    def __init__(self, cin, cout, kernel, stride, pad, dilation, group, bias):
+        nn.ConvTranspose2d.__init__(self, cin, cout, kernel, stride, pad, 0, group, bias, dilation)
+        self.blob_names = ("weight", "bias") if bias else ("weight",)
+
+
+@register("InnerProduct")
+class InnerProductConverter(LayerConverter):
+    def _dims(self, spec: LayerSpec, bottom: Shape) -> tuple[int, int | None, int]:
+        p = spec.param("inner_product_param")
+        axis = canonical_axis(p.get("axis", 1), len(bottom))
+        return axis, count(bottom[axis:]), int(p["num_output"])
+
+    def check(self, spec, ctx):
+        return [] if "num_output" in spec.param("inner_product_param") else ["inner_product_param needs num_output"]
+
+    def output_shapes(self, spec, bottoms, ctx):
+        axis, _, out = self._dims(spec, bottoms[0])
+        return [tuple(bottoms[0][:axis]) + (out,)]
+
+    def blob_shapes(self, spec, bottoms):
+        _, k, out = self._dims(spec, bottoms[0])
+        transpose = param_bool(spec, "inner_product_param", "transpose", False)
+        shapes: list[Shape] = [(k, out) if transpose else (out, k)]
+        if param_bool(spec, "inner_product_param", "bias_term", True):
+            shapes.append((out,))
+        return shapes
+
+    def build(self, spec, bottoms, ctx):
+        axis, k, out = self._dims(spec, bottoms[0])
+        if k is None:
+            raise ValueError("InnerProduct needs the full input shape; give --input-shape")
+        return CaffeInnerProduct(axis, k, out, param_bool(spec, "inner_product_param", "bias_term", True),
+                                 param_bool(spec, "inner_product_param", "transpose", False))
+
+
+class CaffeInnerProduct(CaffeLayer):
+    def __init__(self, axis: int, k: int, out: int, bias: bool, transpose: bool):
+        super().__init__()
+        self.axis, self.transpose = axis, transpose
+        self.weight = nn.Parameter(torch.zeros((k, out) if transpose else (out, k)))
+        self.bias = nn.Parameter(torch.zeros(out)) if bias else None
+        self.blob_names = ("weight", "bias") if bias else ("weight",)
+
+    def forward(self, x):
+        flat = x.flatten(self.axis)
+        weight = self.weight.t() if self.transpose else self.weight
+        return F.linear(flat, weight, self.bias)

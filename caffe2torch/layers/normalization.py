@@ -1,0 +1,179 @@
+"""BatchNorm, Scale, Bias, LRN.
+
+Caffe's BatchNorm keeps three blobs: mean*f, variance*f and the moving-average factor f, and divides by f
+at use; a factor of 0 means mean 0 and variance 0, not a division by zero (`batchnorm_statistics`).
+Scale and Bias carry the affine part (ResNet's BatchNorm → Scale pairs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from caffe2torch.caffe_math import canonical_axis
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
+from caffe2torch.netspec import LayerSpec, Shape
+
+
+def batchnorm_statistics(mean, variance, factor):
+    """Effective (mean, variance) from Caffe's stored blobs: blob / f, where f == 0 gives 0, not a division by
+    zero (Caffe's `scale_factor = f == 0 ? 0 : 1 / f`). Works on numpy arrays and torch tensors alike."""
+    if isinstance(factor, torch.Tensor):
+        f = factor.reshape(-1)[:1]
+        scale = torch.where(f == 0, torch.zeros_like(f), 1.0 / torch.where(f == 0, torch.ones_like(f), f))
+        return mean * scale, variance * scale
+    f = float(np.asarray(factor).reshape(-1)[0])
+    scale = np.float32(0.0 if f == 0 else 1.0 / f)
+    return np.asarray(mean, np.float32) * scale, np.asarray(variance, np.float32) * scale
+
+
+@register("BatchNorm")
+class BatchNormConverter(LayerConverter):
+    def _global_stats(self, spec: LayerSpec, phase: str) -> bool:
+        # Caffe: use_global_stats defaults to true in TEST and false in TRAIN.
+        return bool(spec.param("batch_norm_param").get("use_global_stats", phase == "test"))
+
+    def blob_shapes(self, spec, bottoms):
+        c = bottoms[0][1]
+        return [(c,), (c,), (1,)]
+
+    def build(self, spec, bottoms, ctx):
+        eps = float(spec.param("batch_norm_param").get("eps", 1e-5))
+        return CaffeBatchNorm(int(bottoms[0][1]), eps, self._global_stats(spec, ctx.phase))
+
+
+class CaffeBatchNorm(CaffeLayer):
+    """Keeps Caffe's three blobs as they are stored (mean*f, variance*f, f), so shared parameters and
+    round trips stay exact; the factor is applied in forward (a constant the ONNX export folds)."""
+
+    blob_names = ("mean", "variance", "factor")
+
+    def __init__(self, channels: int, eps: float, use_global_stats: bool):
+        super().__init__()
+        self.eps, self.use_global_stats = eps, use_global_stats
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("variance", torch.ones(channels))
+        self.register_buffer("factor", torch.ones(1))
+
+    def forward(self, x):
+        if not self.use_global_stats:
+            # Caffe's TRAIN behaviour (or use_global_stats: false): statistics of this batch, biased variance.
+            mean = x.mean(dim=(0, 2, 3))
+            var = x.var(dim=(0, 2, 3), unbiased=False)
+        else:
+            mean, var = batchnorm_statistics(self.mean, self.variance, self.factor)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
+
+
+def _param_shape(spec: LayerSpec, message: str, bottom: Shape) -> tuple[int, Shape]:
+    p = spec.param(message)
+    axis = canonical_axis(p.get("axis", 1), len(bottom)) if bottom else 0
+    num_axes = p.get("num_axes", 1)
+    end = len(bottom) if num_axes == -1 else axis + num_axes
+    return axis, tuple(bottom[axis:end])
+
+
+class _AffineConverter(LayerConverter):
+    message: str = ""
+
+    def check(self, spec, ctx):
+        return [] if spec.param(self.message).get("num_axes", 1) >= -1 else [f"{self.message}.num_axes < -1"]
+
+    def learned_shape(self, spec, bottoms) -> tuple[int, Shape]:
+        if len(bottoms) > 1:
+            axis = canonical_axis(spec.param(self.message).get("axis", 1), len(bottoms[0]))
+            return axis, tuple(bottoms[1])
+        return _param_shape(spec, self.message, bottoms[0])
+
+
+@register("Scale")
+class ScaleConverter(_AffineConverter):
+    message = "scale_param"
+
+    def blob_shapes(self, spec, bottoms):
+        _, shape = self.learned_shape(spec, bottoms)
+        bias = spec.param("scale_param").get("bias_term", False)
+        learned = [] if len(bottoms) > 1 else [shape]
+        return learned + ([shape] if bias else [])
+
+    def build(self, spec, bottoms, ctx):
+        axis, shape = self.learned_shape(spec, bottoms)
+        bias = spec.param("scale_param").get("bias_term", False)
+        return CaffeScale(axis, shape, len(bottoms[0]), learned=len(bottoms) == 1, bias=bias)
+
+
+class CaffeScale(CaffeLayer):
+    """top = bottom * scale (+ bias), scale learned or given as the second bottom, broadcast from `axis`."""
+
+    def __init__(self, axis: int, shape: Shape, ndim: int, learned: bool, bias: bool):
+        super().__init__()
+        self.view = (1,) * axis + tuple(shape) + (1,) * (ndim - axis - len(shape))
+        names = []
+        if learned:
+            self.weight = nn.Parameter(torch.ones(shape))
+            names.append("weight")
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(shape))
+            names.append("bias")
+        self.learned, self.has_bias = learned, bias
+        self.blob_names = tuple(names)
+
+    def forward(self, x, scale=None):
+        scale = self.weight if self.learned else scale
+        y = x * scale.reshape(self.view)
+        if self.has_bias:
+            y = y + self.bias.reshape(self.view)
+        return y
+
+
+@register("Bias")
+class BiasConverter(_AffineConverter):
+    message = "bias_param"
+
+    def blob_shapes(self, spec, bottoms):
+        _, shape = self.learned_shape(spec, bottoms)
+        return [] if len(bottoms) > 1 else [shape]
+
+    def build(self, spec, bottoms, ctx):
+        axis, shape = self.learned_shape(spec, bottoms)
+        return CaffeBias(axis, shape, len(bottoms[0]), learned=len(bottoms) == 1)
+
+
+class CaffeBias(CaffeLayer):
+    def __init__(self, axis: int, shape: Shape, ndim: int, learned: bool):
+        super().__init__()
+        self.view = (1,) * axis + tuple(shape) + (1,) * (ndim - axis - len(shape))
+        self.learned = learned
+        if learned:
+            self.bias = nn.Parameter(torch.zeros(shape))
+            self.blob_names = ("bias",)
+
+    def forward(self, x, bias=None):
+        bias = self.bias if self.learned else bias
+        return x + bias.reshape(self.view)
+
+
+@register("LRN")
+class LRNConverter(LayerConverter):
+    """Across channels: x / (k + alpha/n * sum(x^2 over n channels))^beta, torch's local_response_norm."""
+
+    def check(self, spec, ctx):
+        region = spec.param("lrn_param").get("norm_region", "ACROSS_CHANNELS")
+        return [] if region == "ACROSS_CHANNELS" else [f"lrn_param.norm_region={region}"]
+
+    def build(self, spec, bottoms, ctx):
+        p = spec.param("lrn_param")
+        size, alpha = int(p.get("local_size", 5)), float(p.get("alpha", 1.0))
+        beta, k = float(p.get("beta", 0.75)), float(p.get("k", 1.0))
+        return CaffeLRN(size, alpha, beta, k)
+
+
+class CaffeLRN(CaffeLayer):
+    def __init__(self, size, alpha, beta, k):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x):
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)

@@ -1,0 +1,104 @@
+"""Pooling with Caffe's rounding: ceil, minus a last window that would start in the padding. MAX ignores
+padded cells; AVE divides by the window clipped to [-pad, in+pad), i.e. torch's ceil_mode=True with
+count_include_pad=True (see caffe_math.pool_average_divisors, pinned by tests)."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+
+from caffe2torch.caffe_math import pool_output_size
+from caffe2torch.layers.registry import BuildContext, CaffeLayer, LayerConverter, register
+from caffe2torch.netspec import LayerSpec
+
+
+def torch_ceil_pool_size(size: int, kernel: int, pad: int, stride: int) -> int:
+    """torch's ceil_mode size rule: it drops a window starting past in+pad even when pad == 0, which Caffe
+    does only for pad > 0. They differ only when kernel < stride; we refuse those nets rather than guess."""
+    out = math.ceil((size + 2 * pad - kernel) / stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+@register("Pooling")
+class PoolingConverter(LayerConverter):
+    def _geometry(self, spec: LayerSpec, height=None, width=None):
+        p = spec.param("pooling_param")
+        if p.get("global_pooling"):
+            return [height, width], [1, 1], [0, 0]
+        return list(p["kernel"]), list(p["stride"]), list(p["pad"])
+
+    def check(self, spec, ctx):
+        p = spec.param("pooling_param")
+        problems = []
+        method = p.get("pool", "MAX")
+        if method not in ("MAX", "AVE"):
+            problems.append(f"pool: {method} (only MAX and AVE are defined at test time)")
+        if p.get("global_pooling"):
+            if any(p["pad"]) or any(s != 1 for s in p["stride"]):
+                problems.append("global pooling with pad or stride")
+            return problems
+        kernel, stride, pad = p["kernel"], p["stride"], p["pad"]
+        if None in kernel:
+            problems.append("pooling_param needs kernel_size (or kernel_h and kernel_w) or global_pooling")
+            return problems
+        for k, s, q in zip(kernel, stride, pad):
+            if q >= k:
+                problems.append(f"pad {q} >= kernel {k} (Caffe requires pad < kernel)")
+            elif 2 * q > k:
+                problems.append(f"pad {q} > kernel/2 ({k}); torch pooling cannot express it")
+        return problems
+
+    def output_shapes(self, spec, bottoms, ctx):
+        n, c, h, w = bottoms[0]
+        kernel, stride, pad = self._geometry(spec, h, w)
+        if spec.param("pooling_param").get("global_pooling"):
+            return [(n, c, 1, 1)]
+        sizes = []
+        for size, k, q, s in ((h, kernel[0], pad[0], stride[0]), (w, kernel[1], pad[1], stride[1])):
+            out = pool_output_size(size, k, q, s)
+            if size is not None and out != torch_ceil_pool_size(size, k, q, s):
+                raise ValueError(f"Caffe's last pooling window (kernel {k}, stride {s}) would start past the "
+                                 f"end of an input of size {size}: an empty window Caffe leaves undefined")
+            sizes.append(out)
+        return [(n, c, *sizes)]
+
+    def window(self, spec):
+        if spec.param("pooling_param").get("global_pooling"):
+            return None
+        kernel, stride, _ = self._geometry(spec)
+        return tuple(kernel), tuple(stride), (1, 1)
+
+    def build(self, spec, bottoms, ctx):
+        p = spec.param("pooling_param")
+        if p.get("global_pooling"):
+            return CaffeGlobalPooling(p.get("pool", "MAX"))
+        kernel, stride, pad = self._geometry(spec)
+        return CaffePooling(p.get("pool", "MAX"), tuple(kernel), tuple(stride), tuple(pad))
+
+
+class CaffePooling(CaffeLayer):
+    def __init__(self, method: str, kernel, stride, pad):
+        super().__init__()
+        self.method, self.kernel, self.stride, self.pad = method, kernel, stride, pad
+
+    def forward(self, x):
+        if self.method == "MAX":
+            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True)
+        return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True, count_include_pad=True)
+
+    def extra_repr(self) -> str:
+        return f"{self.method}, kernel={self.kernel}, stride={self.stride}, pad={self.pad}, ceil"
+
+
+class CaffeGlobalPooling(CaffeLayer):
+    def __init__(self, method: str):
+        super().__init__()
+        self.method = method
+
+    def forward(self, x):
+        if self.method == "MAX":
+            return x.amax(dim=(2, 3), keepdim=True)
+        return x.mean(dim=(2, 3), keepdim=True)

@@ -1,0 +1,115 @@
+"""The layer registry: one converter per Caffe layer type, registered by a decorator.
+
+A converter knows four things about its type, so each Caffe rule lives in one place:
+- `check`: parameter values we cannot reproduce exactly (collected for every layer, reported once);
+- `output_shapes`: Caffe's shape rule, on plain ints (None = unknown), used by `deeplab-info` and the build;
+- `blob_shapes`: the parameter blobs a caffemodel must hold for the layer, in Caffe's order;
+- `build`: the torch module, a `CaffeLayer`, which loads those blobs.
+V1 enum names (CONVOLUTION, INTERP, ...) resolve to the same entries through `upgrade.V1_LAYER_TYPES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from caffe2torch.netspec import LayerSpec, Shape
+
+
+@dataclass
+class BuildContext:
+    """What a converter may need beyond its own layer: the dialect (Interp rules differ) and the phase."""
+
+    dialect: str = "deeplab_v2"
+    phase: str = "test"
+
+
+class CaffeLayer(nn.Module):
+    """Base of every built layer: forward(*bottoms) → top or tuple of tops; blobs load by Caffe's order."""
+
+    # Attribute names of the parameters/buffers that hold the caffemodel's blobs, in blob order.
+    blob_names: ClassVar[tuple[str, ...]] = ()
+
+    def load_blobs(self, blobs: Sequence[np.ndarray | None]) -> None:
+        """Copy blobs into the parameters/buffers named by `blob_names`; None leaves one as it is."""
+        for name, blob in zip(self.blob_names, blobs):
+            if blob is None:
+                continue
+            target = getattr(self, name)
+            with torch.no_grad():
+                target.copy_(torch.from_numpy(np.array(blob, dtype=np.float32)).reshape(target.shape))
+
+    def caffe_blobs(self) -> list[np.ndarray]:
+        """The blobs as Caffe would store them (inverse of load_blobs)."""
+        return [getattr(self, name).detach().cpu().numpy().copy() for name in self.blob_names]
+
+
+class LayerConverter:
+    type: ClassVar[str]
+    # Whether the ONNX export can lower this layer (DenseCRF and DomainTransform cannot).
+    exportable: ClassVar[bool] = True
+
+    def check(self, spec: LayerSpec, ctx: BuildContext) -> list[str]:
+        """Unsupported parameter values, as messages; empty when the layer converts exactly."""
+        return []
+
+    def output_shapes(self, spec: LayerSpec, bottoms: list[Shape], ctx: BuildContext) -> list[Shape]:
+        """Default: one top shaped like the first bottom (element-wise layers)."""
+        return [bottoms[0]]
+
+    def blob_shapes(self, spec: LayerSpec, bottoms: list[Shape]) -> list[Shape]:
+        return []
+
+    def build(self, spec: LayerSpec, bottoms: list[Shape], ctx: BuildContext) -> CaffeLayer:
+        raise NotImplementedError
+
+    def window(self, spec: LayerSpec) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+        """(kernel, stride, dilation) pairs for the receptive field, for sliding-window layers."""
+        return None
+
+    def scale_change(self, spec: LayerSpec, bottoms: list[Shape], tops: list[Shape]) -> float | None:
+        """For resampling layers (Interp): output pixels per input pixel, to carry the receptive field."""
+        return None
+
+
+REGISTRY: dict[str, LayerConverter] = {}
+
+
+def register(*types: str):
+    """Class decorator: register a converter for one or more Caffe type strings."""
+
+    def wrap(cls: type[LayerConverter]) -> type[LayerConverter]:
+        instance = cls()
+        for name in types:
+            if name in REGISTRY:
+                raise RuntimeError(f"layer type {name} registered twice")
+            REGISTRY[name] = instance
+        cls.type = types[0]
+        return cls
+
+    return wrap
+
+
+def get_converter(layer_type: str) -> LayerConverter | None:
+    from caffe2torch.upgrade import V1_LAYER_TYPES
+
+    return REGISTRY.get(layer_type) or REGISTRY.get(V1_LAYER_TYPES.get(layer_type, ""))
+
+
+def supported_types() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def param_bool(spec: LayerSpec, message: str, key: str, default: bool) -> bool:
+    return bool(spec.param(message).get(key, default))
+
+
+def count(shape: Shape) -> int | None:
+    if any(d is None for d in shape):
+        return None
+    return int(np.prod(shape)) if shape else 1

@@ -1,0 +1,102 @@
+"""Caffemodel blobs → CaffeNet parameters, by layer name, with shape checks.
+
+Strict by default: missing layers, caffemodel layers the net does not use, and shape mismatches are gathered
+and raised together. Legacy blob shapes (DeepLab v1's num/channels/height/width: biases as 1x1x1xN,
+InnerProduct weights as 1x1xNxK) are accepted when they differ from the expected shape only by leading 1s.
+Layers that share parameters by ParamSpec name load them once, from the owning layer (Caffe repeats shared
+blobs in every layer that uses them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from caffe2torch.caffemodel import CaffeModel, read_caffemodel
+from caffe2torch.errors import WeightsMismatchError
+from caffe2torch.net import CaffeNet
+from caffe2torch.netspec import Shape
+
+
+def blob_shape_matches(expected: Shape, actual: tuple[int, ...]) -> bool:
+    """Equal shapes, or equal after dropping leading 1s of a legacy 4-D blob (None in `expected` matches any)."""
+    def same(a: Shape, b: tuple[int, ...]) -> bool:
+        return len(a) == len(b) and all(x is None or x == y for x, y in zip(a, b))
+
+    if same(expected, actual):
+        return True
+    trimmed = tuple(actual)
+    while len(trimmed) > len(expected) and trimmed[0] == 1:
+        trimmed = trimmed[1:]
+    return same(expected, trimmed)
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unused or self.mismatched)
+
+
+def match_weights(net: CaffeNet, model: CaffeModel) -> tuple[LoadReport, dict[str, list[np.ndarray]]]:
+    """Pair the net's layers with the caffemodel's, checking counts and shapes; load nothing."""
+    report = LoadReport()
+    plan: dict[str, list[np.ndarray]] = {}
+    available = {layer.name: layer for layer in model.with_blobs()}
+    expected_by_layer = {info.name: info.blob_shapes for info in net.shapes.layers}
+    tied_layers = {layer for layer, _ in net.ties}
+    for layer in net.spec.layers:
+        expected = expected_by_layer.get(layer.name, [])
+        if not expected:
+            continue
+        fully_tied = layer.name in tied_layers and all((layer.name, i) in net.ties for i in range(len(expected)))
+        source = available.get(layer.name)
+        if fully_tied:
+            report.shared.append(layer.name)
+            continue
+        if source is None:
+            report.missing.append(layer.name)
+            continue
+        if len(source.blobs) != len(expected):
+            report.mismatched.append(
+                f"{layer.name} ({layer.type}): the net expects {len(expected)} blob(s) "
+                f"{', '.join(str(tuple(s)) for s in expected)}, the caffemodel has {len(source.blobs)} "
+                f"{', '.join(str(b.shape) for b in source.blobs)}"
+            )
+            continue
+        bad = [
+            f"blob {i}: expected {tuple(e)}, got {tuple(b.shape)}"
+            for i, (e, b) in enumerate(zip(expected, source.blobs))
+            if not blob_shape_matches(tuple(e), tuple(b.shape))
+        ]
+        if bad:
+            report.mismatched.append(f"{layer.name} ({layer.type}): " + "; ".join(bad))
+            continue
+        plan[layer.name] = source.blobs
+        report.loaded.append(layer.name)
+    known = {layer.name for layer in net.spec.layers}
+    report.unused = [name for name in available if name not in known]
+    return report, plan
+
+
+def load_caffemodel_weights(
+    net: CaffeNet, model: CaffeModel | str | Path, strict: bool = True
+) -> LoadReport:
+    """Load a caffemodel's blobs into `net` in place; raise WeightsMismatchError on any mismatch if strict."""
+    if not isinstance(model, CaffeModel):
+        model = read_caffemodel(model)
+    report, plan = match_weights(net, model)
+    if strict and not report.ok:
+        raise WeightsMismatchError(report.missing, report.unused, report.mismatched, model.source)
+    for name, blobs in plan.items():
+        # A blob shared by ParamSpec name is loaded once, through the layer that owns it.
+        net.module(name).load_blobs([None if (name, i) in net.ties else b for i, b in enumerate(blobs)])
+    return report

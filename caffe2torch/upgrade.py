@@ -1,0 +1,527 @@
+"""Parsed message of any dialect → one normalized `NetSpec`.
+
+Modelled on Caffe's `upgrade_proto.cpp`: the message is first turned into plain dicts (field names are shared
+by all dialects), then each legacy form is rewritten by one function of the chain `UPGRADES`, in order. After
+the chain nothing downstream sees dialects: types are strings, spatial parameters are [h, w] pairs, `hole` is
+`dilation`, V1 `blobs_lr`/`weight_decay` are ParamSpecs, and data layers have become net inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from caffe2torch.errors import Location, NetDefinitionError
+from caffe2torch.netspec import DroppedLayer, InputSpec, LayerSpec, NetSpec, ParamSpec, Shape
+from caffe2torch.prototxt import ParsedPrototxt
+
+# V1 LayerType enum names (stock and DeepLab v1) → layer type strings.
+V1_LAYER_TYPES = {
+    "NONE": "", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
+    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DATA": "Data",
+    "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss", "MVN": "MVN",
+    "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
+    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    # DeepLab v1
+    "IMAGE_SEG_DATA": "ImageSegData", "SEG_ACCURACY": "SegAccuracy", "INTERP": "Interp", "PADDING": "Padding",
+    "MAT_WRITE": "MatWrite", "MAT_READ": "MatRead", "DENSE_CRF": "DenseCRF",
+    "DOMINANT_CHANNEL": "DominantChannel", "BIAS_CHANNEL": "BiasChannel", "UNIQUE_LABEL": "UniqueLabel",
+    "CENSOR_LABEL": "CensorLabel", "ADAPTIVE_BIAS_CHANNEL": "AdaptiveBiasChannel",
+    "CHANNEL_AGGREGATOR": "ChannelAggregator", "IGNORE_OVERLAY": "IgnoreOverlay", "HISTOGRAM": "Histogram",
+    "RELATIVE_ERROR": "RelativeError", "GAIN_CHANNEL": "GainChannel", "ONEHOT": "OneHot",
+}
+
+# Layers that read data from disk: at deploy time each of their tops becomes a net input.
+DATA_LAYER_TYPES = {
+    "Data", "ImageData", "ImageSegData", "MemoryData", "WindowData", "HDF5Data", "DummyData", "Input",
+}
+# Layers that only matter for training, evaluation or file output: dropped for inference, said out loud.
+TRAINING_ONLY_TYPES = {
+    "SoftmaxWithLoss": "loss", "EuclideanLoss": "loss", "HingeLoss": "loss", "InfogainLoss": "loss",
+    "MultinomialLogisticLoss": "loss", "SigmoidCrossEntropyLoss": "loss", "ContrastiveLoss": "loss",
+    "Accuracy": "metric", "SegAccuracy": "metric", "HDF5Output": "file output", "MatWrite": "file output",
+    "MatRead": "file input of precomputed blobs", "Silence": "consumes unused blobs",
+    "UniqueLabel": "label-only (weak supervision)", "BiasChannel": "label-dependent (weak supervision)",
+    "AdaptiveBiasChannel": "label-dependent (weak supervision)", "CensorLabel": "label-only",
+    "IgnoreOverlay": "label-only", "Histogram": "statistics output", "RelativeError": "metric",
+}
+
+SPATIAL_PARAMS = ("convolution_param", "pooling_param")
+
+
+@dataclass
+class RawNet:
+    """A parsed net as plain dicts: what the upgrade chain rewrites."""
+
+    name: str
+    dialect: str
+    layers: list[dict[str, Any]]
+    net_inputs: list[str] = field(default_factory=list)
+    net_input_shapes: list[list[int]] = field(default_factory=list)
+    net_input_dims: list[int] = field(default_factory=list)
+    source: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def where(self, layer: dict[str, Any]) -> Location:
+        return Location(file=self.source, line=layer.get("line"), layer=layer.get("name"),
+                        layer_type=layer.get("type"))
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """Only the fields that are set (presence matters to Caffe), enums by name, nested messages as dicts."""
+    out: dict[str, Any] = {}
+    for fd, value in message.ListFields():
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            convert: Callable[[Any], Any] = message_to_dict
+        elif fd.type == FieldDescriptor.TYPE_ENUM:
+            def convert(v: int, fd: FieldDescriptor = fd) -> Any:
+                named = fd.enum_type.values_by_number.get(v)
+                return named.name if named else v
+        else:
+            def convert(v: Any) -> Any:
+                return v
+        repeated = getattr(fd, "is_repeated", None)
+        repeated = repeated if repeated is not None else fd.label == FieldDescriptor.LABEL_REPEATED
+        out[fd.name] = [convert(v) for v in value] if repeated else convert(value)
+    return out
+
+
+def to_raw_net(parsed: ParsedPrototxt) -> RawNet:
+    msg = message_to_dict(parsed.message)
+    layers = msg.get("layer") or msg.get("layers") or []
+    for index, layer in enumerate(layers):
+        layer["line"] = parsed.layer_lines[index] if index < len(parsed.layer_lines) else None
+        layer["v1"] = "layers" in msg
+    return RawNet(
+        name=msg.get("name", ""),
+        dialect=parsed.dialect,
+        layers=layers,
+        net_inputs=list(msg.get("input", [])),
+        net_input_shapes=[list(s.get("dim", [])) for s in msg.get("input_shape", [])],
+        net_input_dims=list(msg.get("input_dim", [])),
+        source=parsed.source,
+        notes=list(parsed.warnings),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The upgrade chain. Each function rewrites one legacy form, in place, and is a no-op where it does not apply.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def upgrade_v1_layer_types(net: RawNet) -> None:
+    """V1 enum types (CONVOLUTION, IMAGE_SEG_DATA, ...) → type strings."""
+    for layer in net.layers:
+        if layer.get("v1"):
+            enum_name = layer.get("type", "NONE")
+            layer["type"] = V1_LAYER_TYPES.get(enum_name, enum_name)
+
+
+def upgrade_unnamed_layers(net: RawNet) -> None:
+    """Caffe allows layers without a name; give each a stable one so errors and weights can refer to it."""
+    seen = {layer.get("name") for layer in net.layers}
+    for index, layer in enumerate(net.layers):
+        if not layer.get("name"):
+            name = f"{layer.get('type') or 'layer'}_{index}"
+            while name in seen:
+                name += "_"
+            layer["name"] = name
+            seen.add(name)
+            net.notes.append(f"layer {index} (line {layer.get('line')}) has no name; called it '{name}'")
+
+
+def upgrade_v1_param_multipliers(net: RawNet) -> None:
+    """V1 `blobs_lr` / `weight_decay` / `param` (sharing names) → ParamSpec list."""
+    for layer in net.layers:
+        if not layer.get("v1"):
+            continue
+        lrs = layer.pop("blobs_lr", [])
+        decays = layer.pop("weight_decay", [])
+        names = layer.pop("param", [])
+        count = max(len(lrs), len(decays), len(names))
+        specs = []
+        for i in range(count):
+            spec: dict[str, Any] = {}
+            if i < len(names):
+                spec["name"] = names[i]
+            if i < len(lrs):
+                spec["lr_mult"] = lrs[i]
+            if i < len(decays):
+                spec["decay_mult"] = decays[i]
+            specs.append(spec)
+        layer["param"] = specs
+        layer.pop("strict_dim", None)
+        layer.pop("blob_share_mode", None)
+
+
+def upgrade_hole_to_dilation(net: RawNet) -> None:
+    """DeepLab v1 `hole` / `hole_h` / `hole_w` → `dilation_h` / `dilation_w` (im2col samples h*s-p+i*d: the
+    same as dilation, as the v2 README says)."""
+    for layer in net.layers:
+        conv = layer.get("convolution_param")
+        if not conv or not any(k in conv for k in ("hole", "hole_h", "hole_w")):
+            continue
+        has_hole = "hole" in conv
+        hole = conv.pop("hole", 1)
+        hole_h = conv.pop("hole_h", None)
+        hole_w = conv.pop("hole_w", None)
+        if (has_hole and hole_h is not None) or (hole_h is None) != (hole_w is None):
+            raise NetDefinitionError("give either 'hole' alone or both 'hole_h' and 'hole_w'", net.where(layer))
+        conv["dilation"] = [hole_h, hole_w] if hole_h is not None else [hole]
+
+
+def _pair(param: dict[str, Any], name: str, default: int | None, net: RawNet, layer: dict[str, Any]) -> list[Any]:
+    """Caffe's 2-D rule for kernel/pad/stride/dilation: `name_h`+`name_w`, else `name` once (both axes) or
+    twice (h, w); scalar or repeated, depending on the dialect's schema."""
+    key = "kernel_size" if name == "kernel" else name
+    h, w = param.pop(f"{name}_h", None), param.pop(f"{name}_w", None)
+    value = param.pop(key, None)
+    values = value if isinstance(value, list) else ([] if value is None else [value])
+    if h is not None or w is not None:
+        if values:
+            raise NetDefinitionError(f"give either '{key}' or '{name}_h'/'{name}_w', not both", net.where(layer))
+        if name != "pad" and (h is None or w is None):
+            raise NetDefinitionError(f"'{name}_h' and '{name}_w' must be given together", net.where(layer))
+        return [h or 0, w or 0]
+    if not values:
+        return [default, default]
+    if len(values) == 1:
+        return [values[0], values[0]]
+    if len(values) == 2:
+        return list(values)
+    raise NetDefinitionError(f"'{key}' has {len(values)} values; only 2-D nets are supported", net.where(layer))
+
+
+def upgrade_spatial_pairs(net: RawNet) -> None:
+    """Scalar, repeated and `_h`/`_w` kernel/pad/stride/dilation → `kernel`, `pad`, `stride`, `dilation`
+    pairs [h, w]. Global pooling has no kernel."""
+    for layer in net.layers:
+        for message in SPATIAL_PARAMS:
+            param = layer.get(message)
+            if param is None:
+                if message == "pooling_param" and layer.get("type") == "Pooling":
+                    param = layer[message] = {}
+                elif message == "convolution_param" and layer.get("type") in ("Convolution", "Deconvolution"):
+                    param = layer[message] = {}
+                else:
+                    continue
+            param["kernel"] = _pair(param, "kernel", None, net, layer)
+            param["pad"] = _pair(param, "pad", 0, net, layer)
+            param["stride"] = _pair(param, "stride", 1, net, layer)
+            if message == "convolution_param":
+                param["dilation"] = _pair(param, "dilation", 1, net, layer)
+
+
+def upgrade_legacy_axes(net: RawNet) -> None:
+    """Deprecated `concat_dim` / `slice_dim` → `axis` (used only when `axis` is not set, as Caffe does)."""
+    for layer in net.layers:
+        for message, legacy in (("concat_param", "concat_dim"), ("slice_param", "slice_dim")):
+            param = layer.get(message)
+            if param and legacy in param:
+                value = param.pop(legacy)
+                param.setdefault("axis", value)
+
+
+def upgrade_data_transform(net: RawNet) -> None:
+    """Old data layers kept scale/mean_file/crop_size/mirror in their own message: move them to
+    `transform_param` (Caffe's UpgradeNetDataTransformation). DeepLab v1 `has_label: false` becomes v2's
+    `label_type: NONE`."""
+    for layer in net.layers:
+        for message in ("data_param", "image_data_param", "window_data_param"):
+            param = layer.get(message)
+            if not param:
+                continue
+            transform = layer.setdefault("transform_param", {})
+            for key in ("scale", "mean_file", "crop_size", "mirror"):
+                if key in param:
+                    transform.setdefault(key, param.pop(key))
+        image = layer.get("image_data_param")
+        if image and "has_label" in image:
+            if not image.pop("has_label"):
+                image["label_type"] = "NONE"
+            image.pop("max_labels", None)
+
+
+def upgrade_padding_params(net: RawNet) -> None:
+    """DeepLab v1 PADDING: defaults made explicit so the converter reads plain numbers."""
+    for layer in net.layers:
+        if layer.get("type") == "Padding":
+            param = layer.setdefault("padding_param", {})
+            param.setdefault("pad_beg", 0)
+            param.setdefault("pad_end", 0)
+
+
+UPGRADES: list[Callable[[RawNet], None]] = [
+    upgrade_v1_layer_types,
+    upgrade_unnamed_layers,
+    upgrade_v1_param_multipliers,
+    upgrade_hole_to_dilation,
+    upgrade_spatial_pairs,
+    upgrade_legacy_axes,
+    upgrade_data_transform,
+    upgrade_padding_params,
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Phase rules
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _rule_met(rule: dict[str, Any], phase: str, level: int, stages: set[str]) -> bool:
+    if "phase" in rule and rule["phase"].lower() != phase:
+        return False
+    if "min_level" in rule and level < rule["min_level"]:
+        return False
+    if "max_level" in rule and level > rule["max_level"]:
+        return False
+    if any(s not in stages for s in rule.get("stage", [])):
+        return False
+    return not any(s in stages for s in rule.get("not_stage", []))
+
+
+def layer_included(layer: dict[str, Any], phase: str, level: int = 0, stages: set[str] | None = None) -> bool:
+    """Caffe's StateMeetsRule: any include rule met, or no exclude rule met, or no rules at all."""
+    stages = stages or set()
+    include, exclude = layer.get("include", []), layer.get("exclude", [])
+    if include:
+        return any(_rule_met(r, phase, level, stages) for r in include)
+    return not any(_rule_met(r, phase, level, stages) for r in exclude)
+
+
+def declared_phases(net: RawNet) -> list[str]:
+    """The phases a file names in its include/exclude rules (TEST when it names none)."""
+    phases = {
+        rule["phase"].lower()
+        for layer in net.layers
+        for rule in layer.get("include", []) + layer.get("exclude", [])
+        if "phase" in rule
+    }
+    return sorted(phases) or ["test"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _net_level_inputs(net: RawNet) -> list[InputSpec]:
+    names = net.net_inputs
+    if net.net_input_shapes:
+        if len(net.net_input_shapes) != len(names):
+            raise NetDefinitionError(
+                f"{len(names)} net inputs but {len(net.net_input_shapes)} input_shape entries", Location(net.source)
+            )
+        shapes = [tuple(s) for s in net.net_input_shapes]
+    elif net.net_input_dims:
+        if len(net.net_input_dims) != 4 * len(names):
+            raise NetDefinitionError(
+                f"{len(names)} net inputs need {4 * len(names)} input_dim values, got {len(net.net_input_dims)}",
+                Location(net.source),
+            )
+        dims = net.net_input_dims
+        shapes = [tuple(dims[4 * i : 4 * i + 4]) for i in range(len(names))]
+    elif names:
+        shapes = [(None, None, None, None)] * len(names)
+    else:
+        shapes = []
+    return [InputSpec(name, shape, source_type="net") for name, shape in zip(names, shapes)]
+
+
+def _transform_of(layer: dict[str, Any]) -> dict[str, Any]:
+    transform = dict(layer.get("transform_param", {}))
+    image = layer.get("image_data_param", {})
+    for key in ("ignore_label", "label_type", "is_color", "new_height", "new_width"):
+        if key in image:
+            transform[key] = image[key]
+    if transform or layer.get("type") in ("ImageSegData", "ImageData", "Data", "WindowData"):
+        transform.setdefault("channel_order", "BGR")
+    return transform
+
+
+def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
+    """Top shapes of a data layer at deploy time; None where the file does not say (given by --input-shape)."""
+    kind = layer["type"]
+    tops = layer.get("top", [])
+    transform = layer.get("transform_param", {})
+    crop = transform.get("crop_size") or None
+    crop_h = transform.get("crop_height") or crop
+    crop_w = transform.get("crop_width") or crop
+    if kind == "Input":
+        shapes = [tuple(s.get("dim", [])) for s in layer.get("input_param", {}).get("shape", [])]
+        if len(shapes) == 1:
+            shapes = shapes * len(tops)
+        return shapes + [(None,)] * (len(tops) - len(shapes))
+    if kind == "DummyData":
+        param = layer.get("dummy_data_param", {})
+        shapes = [tuple(s.get("dim", [])) for s in param.get("shape", [])]
+        if not shapes and param.get("num"):
+            shapes = [
+                (param["num"][i], param["channels"][i], param["height"][i], param["width"][i])
+                for i in range(len(param["num"]))
+            ]
+        if len(shapes) == 1:
+            shapes = shapes * len(tops)
+        return shapes + [(None,)] * (len(tops) - len(shapes))
+    if kind == "MemoryData":
+        p = layer.get("memory_data_param", {})
+        return [(p.get("batch_size"), p.get("channels"), p.get("height"), p.get("width")), (p.get("batch_size"),)]
+    image = layer.get("image_data_param", {})
+    batch = image.get("batch_size", 1) if kind in ("ImageData", "ImageSegData") else None
+    if kind == "Data":
+        batch = layer.get("data_param", {}).get("batch_size")
+    if kind == "WindowData":
+        batch = layer.get("window_data_param", {}).get("batch_size")
+    channels = 3 if image.get("is_color", True) else 1
+    if kind == "Data":
+        channels = None
+    height = crop_h or image.get("new_height") or None
+    width = crop_w or image.get("new_width") or None
+    data = (batch, channels, height, width)
+    if kind == "ImageSegData":
+        # tops: data, label, data_dim (valid height and width of each image)
+        return [data, (batch, 1, height, width), (batch, 1, 1, 2)][: len(tops)]
+    return [data, (batch,)][: len(tops)] + [(None,)] * max(0, len(tops) - 2)
+
+
+def _parse_input_overrides(overrides: dict[str, Shape] | None, names: list[str], source: str | None) -> None:
+    for name in overrides or {}:
+        if name not in names:
+            raise NetDefinitionError(
+                f"--input-shape names '{name}', but the net's inputs are: {', '.join(names) or 'none'}",
+                Location(source),
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------
+
+
+def upgrade_net(
+    parsed: ParsedPrototxt,
+    phase: str = "test",
+    stages: set[str] | None = None,
+    level: int = 0,
+    input_shapes: dict[str, Shape] | None = None,
+    deploy: bool = True,
+) -> NetSpec:
+    """Run the upgrade chain, apply phase rules, turn data layers into inputs.
+
+    With `deploy` (the default), training-only layers (losses, metrics, file IO, label-only layers) are
+    dropped and listed in `NetSpec.dropped`, and inputs nothing reads any more (e.g. `label`) are removed.
+    """
+    phase = phase.lower()
+    if phase not in ("test", "train"):
+        raise NetDefinitionError(f"phase must be 'test' or 'train', not '{phase}'", Location(parsed.source))
+    net = to_raw_net(parsed)
+    for upgrade in UPGRADES:
+        upgrade(net)
+
+    spec = NetSpec(name=net.name, dialect=net.dialect, phase=phase, source=net.source, notes=net.notes)
+    spec.inputs = _net_level_inputs(net)
+    for layer in net.layers:
+        if not layer_included(layer, phase, level, stages):
+            spec.dropped.append(DroppedLayer(layer["name"], layer.get("type", ""), f"not in {phase.upper()} phase",
+                                             layer.get("line")))
+            continue
+        kind = layer.get("type", "")
+        if kind in DATA_LAYER_TYPES:
+            transform = _transform_of(layer)
+            tops = layer.get("top", [])
+            for index, (top, shape) in enumerate(zip(tops, _data_layer_shapes(layer))):
+                role = _data_top_role(kind, index)
+                spec.inputs.append(InputSpec(top, tuple(shape), transform if role == "image" else {},
+                                             layer["name"], kind, role))
+            spec.dropped.append(DroppedLayer(layer["name"], kind, "data layer: its tops are net inputs",
+                                             layer.get("line")))
+            continue
+        params = {k: v for k, v in layer.items() if k.endswith("_param") and isinstance(v, dict)}
+        spec.layers.append(
+            LayerSpec(
+                name=layer["name"],
+                type=kind,
+                bottoms=list(layer.get("bottom", [])),
+                tops=list(layer.get("top", [])),
+                params=params,
+                param_specs=[ParamSpec(**p) for p in layer.get("param", [])],
+                line=layer.get("line"),
+            )
+        )
+
+    names = spec.input_names()
+    _parse_input_overrides(input_shapes, names, net.source)
+    for inp in spec.inputs:
+        if input_shapes and inp.name in input_shapes:
+            inp.shape = tuple(input_shapes[inp.name])
+    if deploy:
+        prune_for_inference(spec)
+        used = {b for layer in spec.layers for b in layer.bottoms}
+        unused = [i.name for i in spec.inputs if i.name not in used]
+        if unused and len(unused) < len(spec.inputs):
+            spec.inputs = [i for i in spec.inputs if i.name in used]
+            spec.notes.append(f"removed input(s) no inference layer reads: {', '.join(unused)}")
+    return spec
+
+
+def _data_top_role(kind: str, index: int) -> str:
+    """Data layers emit (data, label[, data_dim]); Input and DummyData emit plain tensors."""
+    if kind in ("Input", "DummyData"):
+        return "tensor"
+    return ("image", "label", "data_dim")[index] if index < 3 else "tensor"
+
+
+def prune_for_inference(spec: NetSpec) -> None:
+    """Drop training-only layers, then every layer that reads a label or a blob that only a dropped layer
+    makes (e.g. DeepLab's `label_shrink`, or the weak models' ArgMax over label-biased scores). A dropped
+    layer working in place on a kept blob leaves that blob as it was."""
+    tainted = {i.name for i in spec.inputs if i.role == "label"}
+    kept: list[LayerSpec] = []
+    for layer in spec.layers:
+        reason = None
+        if layer.type in TRAINING_ONLY_TYPES:
+            reason = f"{TRAINING_ONLY_TYPES[layer.type]}: not needed for inference"
+        else:
+            reads = [b for b in layer.bottoms if b in tainted]
+            if reads:
+                reason = f"reads {', '.join(repr(b) for b in reads)}, which exists only for training"
+        if reason is None:
+            kept.append(layer)
+            continue
+        spec.dropped.append(DroppedLayer(layer.name, layer.type, reason, layer.line))
+        tainted.update(t for t in layer.tops if t not in layer.bottoms)
+    spec.layers = kept
+
+
+def check_graph(spec: NetSpec) -> None:
+    """Every bottom must exist when its layer runs; names must be unique. Caffe's nets are a list executed in
+    order, so a bottom produced only by a later layer is a cycle or an ordering error."""
+    available = set(spec.input_names())
+    produced_later = {t for layer in spec.layers for t in layer.tops}
+    seen_names: dict[str, int | None] = {}
+    for layer in spec.layers:
+        where = Location(file=spec.source, line=layer.line, layer=layer.name, layer_type=layer.type)
+        if layer.name in seen_names:
+            raise NetDefinitionError(f"duplicate layer name (first at line {seen_names[layer.name]})", where)
+        seen_names[layer.name] = layer.line
+        if not layer.type:
+            raise NetDefinitionError("layer has no type", where)
+        for bottom in layer.bottoms:
+            if bottom not in available:
+                if bottom in produced_later:
+                    raise NetDefinitionError(
+                        f"bottom '{bottom}' is produced only by a later layer (a cycle, or layers out of order)",
+                        where,
+                    )
+                raise NetDefinitionError(f"bottom '{bottom}' is produced by no layer and is not a net input", where)
+        available.update(layer.tops)
