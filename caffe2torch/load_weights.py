@@ -17,7 +17,8 @@ import numpy as np
 from caffe2torch.caffemodel import CaffeModel, read_caffemodel
 from caffe2torch.errors import WeightsMismatchError
 from caffe2torch.net import CaffeNet
-from caffe2torch.netspec import Shape
+from caffe2torch.netspec import NetSpec, Shape
+from caffe2torch.shapes import ShapeReport
 
 
 def blob_shape_matches(expected: Shape, actual: tuple[int, ...]) -> bool:
@@ -46,18 +47,21 @@ class LoadReport:
         return not (self.missing or self.unused or self.mismatched)
 
 
-def match_weights(net: CaffeNet, model: CaffeModel) -> tuple[LoadReport, dict[str, list[np.ndarray]]]:
-    """Pair the net's layers with the caffemodel's, checking counts and shapes; load nothing."""
+def match_weights(
+    spec: NetSpec, shapes: ShapeReport, model: CaffeModel
+) -> tuple[LoadReport, dict[str, list[np.ndarray]]]:
+    """Pair the net's layers with the caffemodel's, checking counts and shapes; load nothing. Needs only the
+    NetSpec and its inferred shapes, so `deeplab-info` can check weights without building the net."""
     report = LoadReport()
     plan: dict[str, list[np.ndarray]] = {}
     available = {layer.name: layer for layer in model.with_blobs()}
-    expected_by_layer = {info.name: info.blob_shapes for info in net.shapes.layers}
-    tied_layers = {layer for layer, _ in net.ties}
-    for layer in net.spec.layers:
+    expected_by_layer = {info.name: info.blob_shapes for info in shapes.layers}
+    ties = spec.shared_parameters()
+    for layer in spec.layers:
         expected = expected_by_layer.get(layer.name, [])
         if not expected:
             continue
-        fully_tied = layer.name in tied_layers and all((layer.name, i) in net.ties for i in range(len(expected)))
+        fully_tied = all((layer.name, i) in ties for i in range(len(expected)))
         source = available.get(layer.name)
         if fully_tied:
             report.shared.append(layer.name)
@@ -82,7 +86,7 @@ def match_weights(net: CaffeNet, model: CaffeModel) -> tuple[LoadReport, dict[st
             continue
         plan[layer.name] = source.blobs
         report.loaded.append(layer.name)
-    known = {layer.name for layer in net.spec.layers}
+    known = {layer.name for layer in spec.layers}
     report.unused = [name for name in available if name not in known]
     return report, plan
 
@@ -93,7 +97,7 @@ def load_caffemodel_weights(
     """Load a caffemodel's blobs into `net` in place; raise WeightsMismatchError on any mismatch if strict."""
     if not isinstance(model, CaffeModel):
         model = read_caffemodel(model)
-    report, plan = match_weights(net, model)
+    report, plan = match_weights(net.spec, net.shapes, model)
     if strict and not report.ok:
         raise WeightsMismatchError(report.missing, report.unused, report.mismatched, model.source)
     for name, blobs in plan.items():

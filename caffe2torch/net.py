@@ -65,16 +65,8 @@ class CaffeNet(nn.Module):
     # -- parameter sharing -------------------------------------------------------------------------------
 
     def _tie_shared_parameters(self) -> None:
-        owners: dict[str, tuple[str, int]] = {}
-        for layer in self.spec.layers:
-            for index, param in enumerate(layer.param_specs):
-                if not param.name:
-                    continue
-                if param.name not in owners:
-                    owners[param.name] = (layer.name, index)
-                    continue
-                owner, owner_index = owners[param.name]
-                self._tie(layer.name, index, owner, owner_index)
+        for (layer, index), (owner, owner_index) in self.spec.shared_parameters().items():
+            self._tie(layer, index, owner, owner_index)
 
     def _tie(self, layer: str, index: int, owner: str, owner_index: int) -> None:
         module, source = self.module(layer), self.module(owner)

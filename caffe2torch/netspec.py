@@ -96,6 +96,21 @@ class NetSpec:
                 return layer
         raise KeyError(name)
 
+    def shared_parameters(self) -> dict[tuple[str, int], tuple[str, int]]:
+        """(layer, blob index) → (owner layer, blob index) for blobs shared by ParamSpec name; the first
+        layer to name a parameter owns it, as in Caffe."""
+        owners: dict[str, tuple[str, int]] = {}
+        ties: dict[tuple[str, int], tuple[str, int]] = {}
+        for layer in self.layers:
+            for index, param in enumerate(layer.param_specs):
+                if not param.name:
+                    continue
+                if param.name in owners:
+                    ties[(layer.name, index)] = owners[param.name]
+                else:
+                    owners[param.name] = (layer.name, index)
+        return ties
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

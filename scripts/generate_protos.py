@@ -57,7 +57,7 @@ def main() -> int:
     if args.check and stale:
         print("stale generated modules: " + ", ".join(stale), file=sys.stderr)
         return 1
-    print(("up to date" if not stale else "regenerated: " + ", ".join(stale)))
+    print("up to date" if not stale else "regenerated: " + ", ".join(stale))
     return 0
 
 

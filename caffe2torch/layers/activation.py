@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caffe2torch.layers.registry import BuildContext, CaffeLayer, LayerConverter, register
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
 
 
 class Elementwise(CaffeLayer):

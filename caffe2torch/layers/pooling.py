@@ -9,7 +9,7 @@ import math
 import torch.nn.functional as F
 
 from caffe2torch.caffe_math import pool_output_size
-from caffe2torch.layers.registry import BuildContext, CaffeLayer, LayerConverter, register
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
 from caffe2torch.netspec import LayerSpec
 
 

@@ -1,0 +1,62 @@
+"""deeplab-convert PROTOTXT CAFFEMODEL: a Caffe model → a safe caffe2torch artifact (+ a parity report)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from caffe2torch.artifact import save_artifact
+from caffe2torch.caffemodel import read_caffemodel
+from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
+from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
+from caffe2torch.util import atomic_write_text, file_sha256
+from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
+
+ARTIFACT_NAME = "model.safetensors"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("prototxt", type=click.Path(dir_okay=False))
+@click.argument("caffemodel", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="converted", show_default=True,
+              help="Folder for the artifact (model.safetensors) and reports.")
+@net_options
+@click.option("--inputs", type=click.Path(dir_okay=False), help="Net inputs (.npz) for a parity check.")
+@click.option("--reference", type=click.Path(dir_okay=False), help="Reference blobs (.npz) from Caffe.")
+@click.option("--tol", type=float, default=DEFAULT_TOLERANCE, show_default=True,
+              help="Parity tolerance relative to each reference blob's max magnitude.")
+@reports_errors
+def main(prototxt, caffemodel, outdir, defines, phase, input_shapes, inputs, reference, tol):
+    """Convert PROTOTXT + CAFFEMODEL into OUTDIR/model.safetensors, a file that caffe2torch.load() turns back
+    into a ready torch module without pickle, prototxt or caffemodel."""
+    if bool(inputs) != bool(reference):
+        raise click.UsageError("--inputs and --reference go together")
+    started = time.perf_counter()
+    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
+    arrays = load_npz(inputs, "inputs") if inputs else None
+    if arrays:
+        set_input_shapes(spec, input_shapes_of(arrays))
+    model = read_caffemodel(caffemodel)
+    net, loaded = convert(spec, model)
+    echo_notes(spec.notes)
+    for dropped in spec.dropped:
+        click.echo(f"dropped {dropped.name} ({dropped.type}): {dropped.reason}", err=True)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    artifact = out / ARTIFACT_NAME
+    save_artifact(net, artifact, {
+        "source_prototxt": str(prototxt), "source_prototxt_sha256": file_sha256(prototxt),
+        "source_caffemodel": str(caffemodel), "source_caffemodel_sha256": file_sha256(caffemodel),
+    })
+    params = sum(p.numel() for p in net.parameters())
+    click.echo(f"wrote {artifact} ({len(spec.layers)} layers, {params:,} parameters, "
+               f"{len(loaded.loaded)} layers with weights) in {time.perf_counter() - started:.1f} s")
+    if arrays is not None:
+        report = verify_torch(net, arrays, load_npz(reference, "reference"), tol)
+        atomic_write_text(out / "parity.json", report.to_json())
+        click.echo(format_report(report))
+        click.echo(f"wrote {out / 'parity.json'}")
+        if not report.ok:
+            raise SystemExit(1)

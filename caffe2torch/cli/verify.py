@@ -1,0 +1,38 @@
+"""deeplab-verify PROTOTXT CAFFEMODEL --inputs X.npz --reference Y.npz: blob-by-blob parity with Caffe."""
+
+from __future__ import annotations
+
+import click
+
+from caffe2torch.caffemodel import read_caffemodel
+from caffe2torch.cli.common import net_options, parse_defines, parse_input_shapes, reports_errors
+from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
+from caffe2torch.util import atomic_write_text
+from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("prototxt", type=click.Path(dir_okay=False))
+@click.argument("caffemodel", type=click.Path(dir_okay=False))
+@click.option("--inputs", required=True, type=click.Path(dir_okay=False), help="Net inputs (.npz), by blob name.")
+@click.option("--reference", required=True, type=click.Path(dir_okay=False),
+              help="Reference blobs (.npz), by blob name, e.g. every blob Caffe computed.")
+@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@click.option("--tol", type=float, default=DEFAULT_TOLERANCE, show_default=True,
+              help="Allowed max |ours - reference| relative to each reference blob's max magnitude.")
+@net_options
+@reports_errors
+def main(prototxt, caffemodel, inputs, reference, backend, json_out, tol, defines, phase, input_shapes):
+    """Run the converted net on INPUTS and compare every blob present in REFERENCE. Prints one row per blob
+    and names the first blob that diverges, in execution order. Exit status 0 only if all blobs pass."""
+    arrays = load_npz(inputs, "inputs")
+    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
+    set_input_shapes(spec, input_shapes_of(arrays))
+    net, _ = convert(spec, read_caffemodel(caffemodel))
+    report = verify_torch(net, arrays, load_npz(reference, "reference"), tol)
+    click.echo(format_report(report))
+    if json_out:
+        atomic_write_text(json_out, report.to_json())
+    if not report.ok:
+        raise SystemExit(1)

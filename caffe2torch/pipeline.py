@@ -1,0 +1,75 @@
+"""The data path in one place: parse → upgrade → build → load weights → verify, as plain functions that the
+CLI commands call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from caffe2torch.caffemodel import CaffeModel, read_caffemodel
+from caffe2torch.load_weights import LoadReport, load_caffemodel_weights
+from caffe2torch.net import CaffeNet, build_net
+from caffe2torch.netspec import NetSpec, Shape
+from caffe2torch.prototxt import parse_prototxt
+from caffe2torch.upgrade import upgrade_net
+from caffe2torch.verify import DEFAULT_TOLERANCE, VerifyReport, compare_blobs
+
+
+def read_net(
+    prototxt: str | Path,
+    defines: Mapping[str, str] | None = None,
+    phase: str = "test",
+    input_shapes: Mapping[str, Shape] | None = None,
+    dialect: str | None = None,
+) -> NetSpec:
+    """Parse and upgrade a prototxt of any dialect into a deploy NetSpec."""
+    parsed = parse_prototxt(prototxt, defines=dict(defines or {}), dialect=dialect)
+    return upgrade_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}))
+
+
+def set_input_shapes(spec: NetSpec, shapes: Mapping[str, Shape]) -> NetSpec:
+    """Give the net's inputs the shapes of actual arrays (names the net does not take are ignored)."""
+    for inp in spec.inputs:
+        if inp.name in shapes:
+            inp.shape = tuple(shapes[inp.name])
+    return spec
+
+
+def convert(
+    prototxt: str | Path | NetSpec,
+    caffemodel: str | Path | CaffeModel,
+    defines: Mapping[str, str] | None = None,
+    phase: str = "test",
+    input_shapes: Mapping[str, Shape] | None = None,
+    strict: bool = True,
+) -> tuple[CaffeNet, LoadReport]:
+    """A CaffeNet with the caffemodel's weights, in eval mode."""
+    spec = prototxt if isinstance(prototxt, NetSpec) else read_net(prototxt, defines, phase, input_shapes)
+    net = build_net(spec)
+    model = caffemodel if isinstance(caffemodel, CaffeModel) else read_caffemodel(caffemodel)
+    report = load_caffemodel_weights(net, model, strict=strict)
+    return net, report
+
+
+def input_shapes_of(inputs: Mapping[str, np.ndarray]) -> dict[str, Shape]:
+    return {name: tuple(int(d) for d in array.shape) for name, array in inputs.items()}
+
+
+def run_all_blobs(net: CaffeNet, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.float32))
+               for name in net.input_names}
+    with torch.no_grad():
+        blobs = net.run(tensors, all_blobs=True)
+    return {name: value.numpy() for name, value in blobs.items()}
+
+
+def verify_torch(
+    net: CaffeNet, inputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+    tol: float = DEFAULT_TOLERANCE,
+) -> VerifyReport:
+    """Run the net on `inputs` and compare every blob present in `reference`."""
+    ours = run_all_blobs(net, inputs)
+    return compare_blobs(ours, reference, net.execution_order(), tol)
