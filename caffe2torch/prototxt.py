@@ -207,7 +207,7 @@ def parse_prototxt_text(
     for name in candidates:
         if name not in DIALECTS:
             raise PrototxtError(f"unknown dialect '{name}'; choose from {', '.join(DIALECTS)}")
-    errors: list[tuple[tuple[int, int], PrototxtError]] = []
+    errors: list[tuple[tuple[int, int], PrototxtError]] = []  # (line, column), error
     for name in candidates:
         message = DIALECTS[name]()
         try:
@@ -219,13 +219,12 @@ def parse_prototxt_text(
         layer, layers = _top_level_layers(tokens)
         lines = [t.line for t in (layer or layers)]
         return ParsedPrototxt(name, message, lines, source, notes)
-    # Every candidate failed: report the error of the first candidate (the detected dialect), unless another
-    # got further into the file, which means the detected dialect was the wrong guess.
-    best = errors[0]
-    for pos, err in errors[1:]:
-        if pos > best[0]:
-            best = (pos, err)
-    raise best[1]
+    # Every candidate failed: report the detected dialect's error, unless it is an enum value that dialect
+    # lacks (stock V1's DECONVOLUTION in a DeepLab v1 file); then the fallback's error is the relevant one.
+    first = errors[0][1]
+    if "has no value named" in first.message and len(errors) > 1:
+        raise errors[1][1]
+    raise first
 
 
 def parse_prototxt(

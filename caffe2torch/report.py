@@ -69,7 +69,8 @@ class NetReport:
         image = next((i for i in spec.inputs if i.transform), None)
         if image is not None:
             t = image.transform
-            lines.append(f"preprocess: {t.get('channel_order', 'BGR')}, mean {[round(v, 3) for v in t.get('mean_value', [])]}, "
+            mean = [round(v, 3) for v in t.get("mean_value", [])]
+            lines.append(f"preprocess: {t.get('channel_order', 'BGR')}, mean {mean}, "
                          f"scale {t.get('scale', 1)}, crop {t.get('crop_size', '-')}")
         rows = [("layer", "type", "bottoms -> tops", "output", "params", "RF", "stride")]
         for li in self.shapes.layers:

@@ -4,6 +4,7 @@ from caffe2torch.layers import (  # noqa: F401  (imported for their @register si
     activation,
     blob_ops,
     conv,
+    densecrf,
     domain_transform,
     eltwise,
     interp,

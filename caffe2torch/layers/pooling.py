@@ -40,11 +40,11 @@ class PoolingConverter(LayerConverter):
             if any(p["pad"]) or any(s != 1 for s in p["stride"]):
                 problems.append("global pooling with pad or stride")
             return problems
-        kernel, stride, pad = p["kernel"], p["stride"], p["pad"]
+        kernel, pad = p["kernel"], p["pad"]
         if None in kernel:
             problems.append("pooling_param needs kernel_size (or kernel_h and kernel_w) or global_pooling")
             return problems
-        for k, s, q in zip(kernel, stride, pad):
+        for k, q in zip(kernel, pad):
             if q >= k:
                 problems.append(f"pad {q} >= kernel {k} (Caffe requires pad < kernel)")
             elif 2 * q > k:

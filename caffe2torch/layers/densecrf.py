@@ -1,0 +1,75 @@
+"""DeepLab's DenseCRF layer: bottoms (scores upsampled to the input size, data_dim[, data]).
+
+It runs `crf.dense_crf` on each image's valid region: the whole blob when data_dim is at least the blob size
+in both dimensions, otherwise the top-left data_dim region; outside it the output is exactly 0. The bilateral
+kernel uses the `data` blob (mean-subtracted BGR, scale 1) as colours. The top is Q, or log(max(Q, FLT_MIN))
+with output_probability: false (zeros outside the region either way). CPU only; no backward, as in Caffe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from caffe2torch.crf import CRFParams, dense_crf
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
+
+FLT_MIN = np.finfo(np.float32).tiny
+
+
+def crf_params_from_layer(param: dict) -> CRFParams:
+    return CRFParams(
+        max_iter=int(param.get("max_iter", 10)),
+        pos_xy_std=[float(v) for v in param.get("pos_xy_std", [])],
+        pos_w=[float(v) for v in param.get("pos_w", [])],
+        bi_xy_std=[float(v) for v in param.get("bi_xy_std", [])],
+        bi_rgb_std=[float(v) for v in param.get("bi_rgb_std", [])],
+        bi_w=[float(v) for v in param.get("bi_w", [])],
+    )
+
+
+def crf_region(data_dim: np.ndarray, height: int, width: int) -> tuple[int, int]:
+    """The region DeepLab's layer processes: the blob when data_dim covers it in both dimensions, else the
+    top-left data_dim (height, width)."""
+    dim_h, dim_w = (int(v) for v in np.asarray(data_dim).reshape(-1)[:2])
+    if dim_h >= height and dim_w >= width:
+        return height, width
+    return min(dim_h, height), min(dim_w, width)
+
+
+@register("DenseCRF")
+class DenseCRFConverter(LayerConverter):
+    exportable = False
+
+    def check(self, spec, ctx):
+        problems = crf_params_from_layer(spec.param("dense_crf_param")).validate()
+        if len(spec.bottoms) not in (2, 3):
+            problems.append("DenseCRF needs bottoms (scores, data_dim[, data])")
+        try:
+            import pydensecrf.densecrf  # noqa: F401
+        except ImportError:
+            problems.append("DenseCRF needs the pydensecrf module (pip install pydensecrf2)")
+        return problems
+
+    def build(self, spec, bottoms, ctx):
+        param = spec.param("dense_crf_param")
+        return CaffeDenseCRF(crf_params_from_layer(param), bool(param.get("output_probability", True)))
+
+
+class CaffeDenseCRF(CaffeLayer):
+    def __init__(self, params: CRFParams, output_probability: bool):
+        super().__init__()
+        self.params, self.output_probability = params, output_probability
+
+    def forward(self, scores, data_dim, data=None):
+        s = scores.detach().cpu().numpy()
+        dims = data_dim.detach().cpu().numpy()
+        image = None if data is None else data.detach().cpu().numpy()
+        out = np.zeros_like(s)
+        height, width = s.shape[-2:]
+        for n in range(s.shape[0]):
+            h, w = crf_region(dims[n], height, width)
+            colours = None if image is None else image[n, :3, :h, :w]
+            q = dense_crf(s[n, :, :h, :w], colours, self.params)
+            out[n, :, :h, :w] = q if self.output_probability else np.log(np.maximum(q, FLT_MIN))
+        return torch.from_numpy(out).to(scores.device)
