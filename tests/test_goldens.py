@@ -22,7 +22,8 @@ def case_files(case: str, v1: bool = False):
     caffemodel = folder / ("weights_v1.caffemodel" if v1 else "weights.caffemodel")
     inputs = dict(np.load(folder / "inputs.npz"))
     blobs = np.load(folder / "blobs.npz")
-    return prototxt, caffemodel, inputs, {k: blobs[k] for k in blobs.files}, json.loads((folder / "case.json").read_text())
+    meta = json.loads((folder / "case.json").read_text())
+    return prototxt, caffemodel, inputs, {k: blobs[k] for k in blobs.files}, meta
 
 
 def has_unsupported_layers(prototxt) -> list[str]:

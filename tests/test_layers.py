@@ -115,7 +115,8 @@ def test_interp_copy_path_crop_and_align_corners():
 
 def test_v1_padding_adds_zeros_and_crops():
     net = net_from_text('input: "x" input_dim: 1 input_dim: 1 input_dim: 2 input_dim: 2\n'
-                        'layers { name: "p" type: PADDING bottom: "x" top: "p" padding_param { pad_beg: 1 pad_end: -1 } }')
+                        'layers { name: "p" type: PADDING bottom: "x" top: "p" '
+                        'padding_param { pad_beg: 1 pad_end: -1 } }')
     out = run_net(net, x=np.array([[[[1, 2], [3, 4]]]]))["p"][0, 0]
     np.testing.assert_array_equal(out, [[0, 0], [0, 1]])
 

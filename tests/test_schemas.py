@@ -73,7 +73,8 @@ def test_deeplab_messages():
     crf = common_pb2.DenseCRFParameter.DESCRIPTOR.fields_by_name
     assert crf["max_iter"].default_value == 10 and crf["output_probability"].number == 7
     dt = deeplab_v2_pb2.DomainTransformParameter.DESCRIPTOR.fields_by_name
-    assert (dt["num_iter"].default_value, dt["spatial_sigma"].default_value, dt["range_sigma"].default_value) == (3, 50, 5)
+    defaults = (dt["num_iter"].default_value, dt["spatial_sigma"].default_value, dt["range_sigma"].default_value)
+    assert defaults == (3, 50, 5)
     v2_image = deeplab_v2_pb2.ImageDataParameter.DESCRIPTOR.fields_by_name
     assert v2_image["ignore_label"].number == 15 and v2_image["label_type"].number == 16
     assert "has_label" not in v2_image

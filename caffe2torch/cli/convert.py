@@ -60,3 +60,6 @@ def main(prototxt, caffemodel, outdir, defines, phase, input_shapes, inputs, ref
         click.echo(f"wrote {out / 'parity.json'}")
         if not report.ok:
             raise SystemExit(1)
+
+if __name__ == "__main__":
+    main()

@@ -30,3 +30,6 @@ def main(prototxt, caffemodel, defines, phase, input_shapes, as_json):
         click.echo(report.to_text())
     if report.weights is not None and not report.weights.ok:
         raise SystemExit(1)
+
+if __name__ == "__main__":
+    main()

@@ -36,3 +36,6 @@ def main(prototxt, caffemodel, inputs, reference, backend, json_out, tol, define
         atomic_write_text(json_out, report.to_json())
     if not report.ok:
         raise SystemExit(1)
+
+if __name__ == "__main__":
+    main()
