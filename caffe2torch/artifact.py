@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
 from caffe2torch import __version__
 from caffe2torch.errors import ArtifactError, Location
 from caffe2torch.net import CaffeNet
 from caffe2torch.netspec import NetSpec
-from caffe2torch.util import atomic_write_bytes
+from caffe2torch.util import atomic_path
 
 FORMAT = "caffe2torch-net"
 FORMAT_VERSION = "1"
@@ -30,7 +30,7 @@ def _owned_state(net: CaffeNet) -> dict[str, torch.Tensor]:
         module = net.module(layer)
         name = module.blob_names[index]
         state.pop(f"layers.{net.layer_keys[layer]}.{name}", None)
-    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+    return {k: v.detach().contiguous() for k, v in state.items()}
 
 
 def save_artifact(net: CaffeNet, path: str | Path, extra: dict[str, str] | None = None) -> None:
@@ -42,7 +42,9 @@ def save_artifact(net: CaffeNet, path: str | Path, extra: dict[str, str] | None 
         "netspec": net.spec.to_json(),
         **(extra or {}),
     }
-    atomic_write_bytes(path, save(_owned_state(net), metadata=metadata))
+    # save_file streams to the temporary file; nothing is serialised in memory first.
+    with atomic_path(path) as tmp:
+        save_file(_owned_state(net), str(tmp), metadata=metadata)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

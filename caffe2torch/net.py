@@ -8,6 +8,7 @@ runs at any input size and traces with symbolic height and width.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -44,12 +45,19 @@ class CaffeNet(nn.Module):
         self.layer_keys: dict[str, str] = {}
         self.program: list[tuple[str, list[str], list[str]]] = []
         taken: set[str] = set()
+        shared = spec.shared_parameters()
+        blob_counts = {info.name: len(info.blob_shapes) for info in self.shapes.layers}
         for layer in spec.layers:
             converter = get_converter(layer.type)
             assert converter is not None  # infer_shapes checked support
             bottoms = [self.shapes.blobs[b] for b in layer.bottoms]
+            # A layer whose every blob is shared (the MSC branches of DeepLab v2) is built on the meta device:
+            # its own parameters would be replaced by the owner's at once, so they need no memory.
+            count = blob_counts.get(layer.name, 0)
+            fully_shared = count > 0 and all((layer.name, i) in shared for i in range(count))
             try:
-                module = converter.build(layer, bottoms, ctx)
+                with torch.device("meta") if fully_shared else contextlib.nullcontext():
+                    module = converter.build(layer, bottoms, ctx)
             except (ValueError, KeyError) as exc:
                 raise NetDefinitionError(f"cannot build: {exc}", layer_location(spec, layer)) from None
             key = module_key(layer.name, taken)

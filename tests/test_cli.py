@@ -21,8 +21,10 @@ input_shape { dim: 1 dim: 3 dim: 17 dim: 17 }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 4 kernel_size: 3 pad: 2 dilation: 2 } }
 layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
-layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
-layer { name: "score" type: "Convolution" bottom: "pool" top: "score" convolution_param { num_output: 21 kernel_size: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "score" type: "Convolution" bottom: "pool" top: "score"
+        convolution_param { num_output: 21 kernel_size: 1 } }
 layer { name: "up" type: "Interp" bottom: "score" top: "up" interp_param { zoom_factor: 2 } }
 """
 
