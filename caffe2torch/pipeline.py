@@ -24,10 +24,12 @@ def read_net(
     phase: str = "test",
     input_shapes: Mapping[str, Shape] | None = None,
     dialect: str | None = None,
+    deploy: bool = True,
 ) -> NetSpec:
-    """Parse and upgrade a prototxt of any dialect into a deploy NetSpec."""
+    """Parse and upgrade a prototxt of any dialect into a NetSpec: for inference (`deploy`, the default:
+    training-only layers dropped and listed) or with its losses, to fine-tune in PyTorch."""
     parsed = parse_prototxt(prototxt, defines=dict(defines or {}), dialect=dialect)
-    return upgrade_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}))
+    return upgrade_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}), deploy=deploy)
 
 
 def set_input_shapes(spec: NetSpec, shapes: Mapping[str, Shape]) -> NetSpec:

@@ -56,6 +56,9 @@ TRAINING_ONLY_TYPES = {
     "IgnoreOverlay": "label-only", "Histogram": "statistics output", "RelativeError": "metric",
 }
 
+# Of those, the differentiable training objectives we implement: kept when a net is built for fine-tuning.
+TRAINABLE_TYPES = {"SoftmaxWithLoss", "EuclideanLoss"}
+
 SPATIAL_PARAMS = ("convolution_param", "pooling_param")
 
 
@@ -466,6 +469,9 @@ def upgrade_net(
             inp.shape = tuple(input_shapes[inp.name])
     if deploy:
         prune_for_inference(spec)
+    else:
+        prune_for_training(spec)
+    if deploy:
         used = {b for layer in spec.layers for b in layer.bottoms}
         unused = [i.name for i in spec.inputs if i.name not in used]
         if unused and len(unused) < len(spec.inputs):
@@ -495,6 +501,25 @@ def prune_for_inference(spec: NetSpec) -> None:
             reads = [b for b in layer.bottoms if b in tainted]
             if reads:
                 reason = f"reads {', '.join(repr(b) for b in reads)}, which exists only for training"
+        if reason is None:
+            kept.append(layer)
+            continue
+        spec.dropped.append(DroppedLayer(layer.name, layer.type, reason, layer.line))
+        tainted.update(t for t in layer.tops if t not in layer.bottoms)
+    spec.layers = kept
+
+
+def prune_for_training(spec: NetSpec) -> None:
+    """For fine-tuning: keep the losses we implement, drop metrics, file IO and the weak-supervision layers
+    (not differentiable, or not implemented) and whatever reads their outputs, saying which and why."""
+    tainted: set[str] = set()
+    kept: list[LayerSpec] = []
+    for layer in spec.layers:
+        reason = None
+        if layer.type in TRAINING_ONLY_TYPES and layer.type not in TRAINABLE_TYPES:
+            reason = f"{TRAINING_ONLY_TYPES[layer.type]}: not a differentiable training layer caffe2torch builds"
+        elif reads := [b for b in layer.bottoms if b in tainted]:
+            reason = f"reads {', '.join(repr(b) for b in reads)}, made by a dropped layer"
         if reason is None:
             kept.append(layer)
             continue

@@ -62,3 +62,22 @@ def test_v1_dialect_files_match_caffe(case):
     net, report = convert(spec, read_caffemodel(caffemodel))
     assert report.ok
     assert verify_torch(net, inputs, blobs).ok
+
+
+def test_training_net_builds_for_fine_tuning_with_its_loss():
+    import torch
+
+    from caffe2torch.net import build_net
+    from .conftest import CORPUS
+
+    prototxt = require_shared(CORPUS / "c_v2_tpami/DeepLabv2-VGG16-ASPP-L/train.prototxt")
+    spec = read_net(prototxt, defines={"NUM_LABELS": "21"}, phase="train", deploy=False,
+                    input_shapes={"data": (1, 3, 65, 65), "label": (1, 1, 65, 65)})
+    dropped = {d.name: d.reason for d in spec.dropped}
+    assert "not a differentiable" in dropped["accuracy"] and "silence" in dropped
+    net = build_net(spec).train()
+    label = torch.randint(0, 21, (1, 1, 65, 65)).float()
+    label[..., :5, :] = 255  # DeepLab's ignore label
+    loss = net.run({"data": torch.randn(1, 3, 65, 65), "label": label}, outputs=["loss"])["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and net.module("fc8_${EXP}_1").weight.grad is not None

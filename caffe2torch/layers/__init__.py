@@ -8,6 +8,7 @@ from caffe2torch.layers import (  # noqa: F401  (imported for their @register si
     domain_transform,
     eltwise,
     interp,
+    loss,
     normalization,
     pooling,
     softmax,
