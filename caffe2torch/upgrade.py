@@ -471,7 +471,7 @@ def upgrade_net(
         prune_for_inference(spec)
     else:
         prune_for_training(spec)
-    if deploy:
+    if spec.layers:
         used = {b for layer in spec.layers for b in layer.bottoms}
         unused = [i.name for i in spec.inputs if i.name not in used]
         if unused and len(unused) < len(spec.inputs):

@@ -68,6 +68,7 @@ def test_training_net_builds_for_fine_tuning_with_its_loss():
     import torch
 
     from caffe2torch.net import build_net
+
     from .conftest import CORPUS
 
     prototxt = require_shared(CORPUS / "c_v2_tpami/DeepLabv2-VGG16-ASPP-L/train.prototxt")
