@@ -255,6 +255,14 @@ def upgrade_data_transform(net: RawNet) -> None:
             image.pop("max_labels", None)
 
 
+def upgrade_automatic_loss_tops(net: RawNet) -> None:
+    """Caffe gives a loss layer without tops an automatic one; we name it after the layer, so the loss of a
+    net built for fine-tuning can be asked for by name."""
+    for layer in net.layers:
+        if layer.get("type") in TRAINABLE_TYPES and not layer.get("top"):
+            layer["top"] = [layer["name"]]
+
+
 def upgrade_padding_params(net: RawNet) -> None:
     """DeepLab v1 PADDING: defaults made explicit so the converter reads plain numbers."""
     for layer in net.layers:
@@ -273,6 +281,7 @@ UPGRADES: list[Callable[[RawNet], None]] = [
     upgrade_legacy_axes,
     upgrade_data_transform,
     upgrade_padding_params,
+    upgrade_automatic_loss_tops,
 ]
 
 

@@ -78,7 +78,7 @@ def test_data_layers_become_inputs_per_phase():
 def test_keep_training_layers_without_deploy():
     spec = spec_from_text(DATA_NET, phase="train", deploy=False)
     assert {"loss", "label_shrink"} <= {layer.name for layer in spec.layers}
-    assert {"label", "data_dim"} <= set(spec.input_names())
+    assert set(spec.input_names()) == {"data", "label"}  # data_dim: read by nothing, removed
 
 
 def test_v1_has_label_false_and_unnamed_layer():
