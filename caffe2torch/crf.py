@@ -47,6 +47,10 @@ def dense_crf(scores: np.ndarray, image: np.ndarray | None, params: CRFParams) -
 
     labels, height, width = scores.shape
     pixels = height * width
+    if pixels == 0 or labels == 0:
+        raise ValueError(f"dense_crf needs a non-empty score map, got {scores.shape}")
+    if image is not None and tuple(image.shape[1:]) != (height, width):
+        raise ValueError(f"image {tuple(image.shape)} does not match scores {tuple(scores.shape)}")
     crf = dcrf.DenseCRF(pixels, labels)
     crf.setUnaryEnergy(np.ascontiguousarray(-scores.reshape(labels, pixels), dtype=np.float32))
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -62,3 +66,45 @@ def dense_crf(scores: np.ndarray, image: np.ndarray | None, params: CRFParams) -
                                   kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_AFTER)
     q = crf.inference(params.max_iter)
     return np.asarray(q, dtype=np.float32).reshape(labels, height, width)
+
+
+# Published DeepLab CRF settings (../shared/docs/published-numbers.md); status V = confirmed in a source,
+# M = commonly quoted, unconfirmed. Each value can be overridden (deeplab-run --crf-params).
+PRESETS: dict[str, tuple[CRFParams, str]] = {
+    "deeplab-v2-resnet": (CRFParams(10, [1.0], [3.0], [67.0], [3.0], [4.0]),
+                          "DeepLab v2 ResNet-101 as used by kazuto1011 (V there; equal to the official page: M)"),
+    "deeplab-v1-largefov": (CRFParams(10, [3.0], [3.0], [121.0], [5.0], [4.0]),
+                            "DeepLab-LargeFOV model page (M)"),
+    "run-densecrf": (CRFParams(10, [3.0], [3.0], [49.0], [5.0], [4.0]),
+                     "run_densecrf.sh default of the v1/v2 scripts (V)"),
+    "grid-search-start": (CRFParams(10, [3.0], [3.0], [50.0], [10.0], [5.0]),
+                          "grid-search starting point; the DENSE_CRF layer of martinkersner's LargeFOV test net (V)"),
+    "dense-inference": (CRFParams(10, [3.0], [3.0], [60.0], [20.0], [10.0]),
+                        "dense_inference binary built-in defaults (V)"),
+}
+PRESET_ALIASES = {"v1": "deeplab-v1-largefov", "v2": "deeplab-v2-resnet"}
+
+
+def crf_preset(name: str) -> CRFParams:
+    key = PRESET_ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise ValueError(f"unknown CRF preset '{name}'; choose from {', '.join([*PRESET_ALIASES, *PRESETS])}")
+    params = PRESETS[key][0]
+    return CRFParams(params.max_iter, list(params.pos_xy_std), list(params.pos_w), list(params.bi_xy_std),
+                     list(params.bi_rgb_std), list(params.bi_w))
+
+
+def parse_crf_overrides(params: CRFParams, text: str) -> CRFParams:
+    """Apply "bi_w=4,bi_xy_std=67,max_iter=5" style overrides (one kernel of each kind)."""
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(params, key):
+            raise ValueError(f"'{item}' is not NAME=VALUE with NAME one of {', '.join(CRFParams.__annotations__)}")
+        if key == "max_iter":
+            params.max_iter = int(value)
+        else:
+            setattr(params, key, [float(value)])
+    problems = params.validate()
+    if problems:
+        raise ValueError("; ".join(problems))
+    return params

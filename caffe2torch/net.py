@@ -119,8 +119,11 @@ class CaffeNet(nn.Module):
             raise NetDefinitionError(f"no blob named {', '.join(unknown)}")
         return {w: blobs[w] for w in wanted}
 
-    def _execute(self, blobs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _execute(self, blobs: dict[str, torch.Tensor], only: set[str] | None = None) -> dict[str, torch.Tensor]:
+        """Run the program over named blobs; `only` restricts it to the given layer keys."""
         for key, bottoms, tops in self.program:
+            if only is not None and key not in only:
+                continue
             result = self.layers[key](*[blobs[b] for b in bottoms])
             if not tops:
                 continue

@@ -75,3 +75,35 @@ def verify_torch(
     """Run the net on `inputs` and compare every blob present in `reference`."""
     ours = run_all_blobs(net, inputs)
     return compare_blobs(ours, reference, net.execution_order(), tol)
+
+
+def verify_onnx(
+    net: CaffeNet, inputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+    tol: float = DEFAULT_TOLERANCE, onnx_path: str | Path | None = None,
+) -> VerifyReport:
+    """Compare onnxruntime's blobs with the reference. Without `onnx_path`, the net is exported to a temporary
+    model that exposes every reference blob it can compute (all of them unless a layer has no ONNX lowering);
+    with it, the outputs that model exposes are compared."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from caffe2torch.onnx_export import export_onnx, required_layers
+
+    names = set(net.input_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnx_path is None:
+            from caffe2torch.layers import get_converter
+
+            blocked = {layer.name for layer in net.spec.layers if not get_converter(layer.type).exportable}
+            wanted = [b for b in net.execution_order() if b in reference and b not in names
+                      and not (required_layers(net, [b]) & blocked)]
+            onnx_path = Path(tmp) / "verify.onnx"
+            export_onnx(net, onnx_path, wanted)
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.ascontiguousarray(inputs[i.name], dtype=np.float32) for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        ours = dict(zip(outputs, session.run(outputs, feeds)))
+    ours.update({n: np.asarray(inputs[n]) for n in names if n in inputs})
+    compared = [b for b in reference if b in ours]
+    return compare_blobs(ours, reference, net.execution_order(), tol, only=compared)

@@ -10,11 +10,15 @@ import click
 from caffe2torch.artifact import save_artifact
 from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
+from caffe2torch.crf import crf_preset as crf_preset_params
+from caffe2torch.onnx_export import export_onnx
 from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
+from caffe2torch.runner import model_info
 from caffe2torch.util import atomic_write_text, file_sha256
 from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
 
 ARTIFACT_NAME = "model.safetensors"
+ONNX_NAME = "model.onnx"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,10 +31,17 @@ ARTIFACT_NAME = "model.safetensors"
 @click.option("--reference", type=click.Path(dir_okay=False), help="Reference blobs (.npz) from Caffe.")
 @click.option("--tol", type=float, default=DEFAULT_TOLERANCE, show_default=True,
               help="Parity tolerance relative to each reference blob's max magnitude.")
+@click.option("--onnx/--no-onnx", "write_onnx", default=True, show_default=True, help="Also write OUTDIR/model.onnx.")
+@click.option("--onnx-outputs", default="", metavar="BLOB,...", help="Blobs the ONNX model returns (default: the "
+              "net outputs).")
+@click.option("--crf-preset", default=None, metavar="NAME", help="CRF preset recorded for deeplab-run "
+              "(default: v1 for DeepLab v1 nets, v2 otherwise).")
 @reports_errors
-def main(prototxt, caffemodel, outdir, defines, phase, input_shapes, inputs, reference, tol):
+def main(prototxt, caffemodel, outdir, defines, phase, input_shapes, inputs, reference, tol, write_onnx,
+         onnx_outputs, crf_preset):
     """Convert PROTOTXT + CAFFEMODEL into OUTDIR/model.safetensors, a file that caffe2torch.load() turns back
-    into a ready torch module without pickle, prototxt or caffemodel."""
+    into a ready torch module without pickle, prototxt or caffemodel, and OUTDIR/model.onnx for onnxruntime
+    (deeplab-run --onnx), which carries its preprocessing, class names and CRF preset as metadata."""
     if bool(inputs) != bool(reference):
         raise click.UsageError("--inputs and --reference go together")
     started = time.perf_counter()
@@ -46,13 +57,27 @@ def main(prototxt, caffemodel, outdir, defines, phase, input_shapes, inputs, ref
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     artifact = out / ARTIFACT_NAME
-    save_artifact(net, artifact, {
+    sources = {
         "source_prototxt": str(prototxt), "source_prototxt_sha256": file_sha256(prototxt),
         "source_caffemodel": str(caffemodel), "source_caffemodel_sha256": file_sha256(caffemodel),
-    })
+    }
+    save_artifact(net, artifact, sources)
     params = sum(p.numel() for p in net.parameters())
     click.echo(f"wrote {artifact} ({len(spec.layers)} layers, {params:,} parameters, "
                f"{len(loaded.loaded)} layers with weights) in {time.perf_counter() - started:.1f} s")
+    if write_onnx:
+        preset = crf_preset or ("v1" if spec.dialect == "deeplab_v1" else "v2")
+        try:
+            crf_preset_params(preset)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--crf-preset") from None
+        outputs = [o for o in onnx_outputs.split(",") if o] or None
+        info = model_info(spec, preset)
+        if outputs:
+            info.output_name = outputs[0]
+        metadata = {**info.to_metadata(), **sources}
+        export_onnx(net, out / ONNX_NAME, outputs, metadata)
+        click.echo(f"wrote {out / ONNX_NAME} (onnxruntime; dynamic batch, height and width)")
     if arrays is not None:
         report = verify_torch(net, arrays, load_npz(reference, "reference"), tol)
         atomic_write_text(out / "parity.json", report.to_json())

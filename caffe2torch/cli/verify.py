@@ -6,7 +6,8 @@ import click
 
 from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import net_options, parse_defines, parse_input_shapes, reports_errors
-from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
+from caffe2torch.errors import CaffeError
+from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_onnx, verify_torch
 from caffe2torch.util import atomic_write_text
 from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
 
@@ -17,20 +18,29 @@ from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
 @click.option("--inputs", required=True, type=click.Path(dir_okay=False), help="Net inputs (.npz), by blob name.")
 @click.option("--reference", required=True, type=click.Path(dir_okay=False),
               help="Reference blobs (.npz), by blob name, e.g. every blob Caffe computed.")
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="torch: the converted module; onnx: an ONNX export run by onnxruntime.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False),
+              help="Check this ONNX model (its outputs) instead of a fresh export; implies --backend onnx.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--tol", type=float, default=DEFAULT_TOLERANCE, show_default=True,
               help="Allowed max |ours - reference| relative to each reference blob's max magnitude.")
 @net_options
 @reports_errors
-def main(prototxt, caffemodel, inputs, reference, backend, json_out, tol, defines, phase, input_shapes):
+def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, tol, defines, phase, input_shapes):
     """Run the converted net on INPUTS and compare every blob present in REFERENCE. Prints one row per blob
     and names the first blob that diverges, in execution order. Exit status 0 only if all blobs pass."""
     arrays = load_npz(inputs, "inputs")
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
     set_input_shapes(spec, input_shapes_of(arrays))
     net, _ = convert(spec, read_caffemodel(caffemodel))
-    report = verify_torch(net, arrays, load_npz(reference, "reference"), tol)
+    expected = load_npz(reference, "reference")
+    if backend == "onnx" or onnx_path:
+        report = verify_onnx(net, arrays, expected, tol, onnx_path)
+        if not report.blobs:
+            raise CaffeError("no reference blob is an output of the ONNX model")
+    else:
+        report = verify_torch(net, arrays, expected, tol)
     click.echo(format_report(report))
     if json_out:
         atomic_write_text(json_out, report.to_json())

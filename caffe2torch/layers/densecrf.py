@@ -69,6 +69,8 @@ class CaffeDenseCRF(CaffeLayer):
         height, width = s.shape[-2:]
         for n in range(s.shape[0]):
             h, w = crf_region(dims[n], height, width)
+            if h <= 0 or w <= 0:
+                continue  # an empty region: Caffe's layer writes zeros everywhere
             colours = None if image is None else image[n, :3, :h, :w]
             q = dense_crf(s[n, :, :h, :w], colours, self.params)
             out[n, :, :h, :w] = q if self.output_probability else np.log(np.maximum(q, FLT_MIN))

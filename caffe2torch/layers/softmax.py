@@ -27,6 +27,10 @@ def caffe_topk(x: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.T
     """Caffe sorts (value, index) pairs with std::greater, so among equal values the LARGER index wins.
     Sorting the reversed axis with a stable sort gives exactly that order."""
     size = x.shape[dim]
+    if torch.onnx.is_in_onnx_export():
+        # ONNX TopK orders equal values by the lower index of the (here reversed) axis: the same rule.
+        values, rev_index = torch.topk(x.flip(dim), k, dim=dim, largest=True, sorted=True)
+        return values, (size - 1) - rev_index
     values, rev_index = torch.sort(x.flip(dim), dim=dim, descending=True, stable=True)
     values = values.narrow(dim, 0, k)
     index = (size - 1) - rev_index.narrow(dim, 0, k)

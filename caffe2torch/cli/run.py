@@ -1,0 +1,143 @@
+"""deeplab-run (--onnx MODEL.onnx | --model ARTIFACT) IMAGE_OR_DIR...: segment images as DeepLab's test did."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from caffe2torch.cli.common import reports_errors
+from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, crf_preset, parse_crf_overrides
+from caffe2torch.errors import CaffeError
+from caffe2torch.images import list_images, overlay, read_image, write_label_png, write_rgb_png
+from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, postprocess
+from caffe2torch.util import atomic_path
+
+
+def finish_image(stem: str, rgb: np.ndarray, logits: np.ndarray, crf: CRFParams | None, outdir: str,
+                 save_probs: bool) -> str:
+    """CRF (optional), labels, and the output files of one image; runs in a worker process with --jobs."""
+    result = postprocess(logits, rgb, crf)
+    out = Path(outdir)
+    write_label_png(out / f"{stem}.png", result.labels)
+    write_rgb_png(out / f"{stem}_overlay.png", overlay(rgb, result.labels))
+    if save_probs:
+        with atomic_path(out / f"{stem}_probs.npy") as tmp, open(tmp, "wb") as handle:
+            np.save(handle, result.probabilities.astype(np.float16))
+    return stem
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        scales = ()
+    if not scales or min(scales) <= 0:
+        raise click.BadParameter(f"'{text}' is not a list of positive scales like 0.5,0.75,1", param_hint="--scales")
+    return scales
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An ONNX model from deeplab-convert.")
+@click.option("--model", "artifact", type=click.Path(dir_okay=False), help="A caffe2torch artifact (torch backend).")
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="segmentations", show_default=True)
+@click.option("--crf/--no-crf", default=False, show_default=True, help="Refine with DeepLab's dense CRF.")
+@click.option("--crf-preset", default=None, metavar="NAME",
+              help=f"CRF settings: {', '.join([*PRESET_ALIASES, *PRESETS])} (default: the model's own).")
+@click.option("--crf-params", default="", metavar="K=V,...", help="Override CRF settings, e.g. bi_w=4,bi_xy_std=67.")
+@click.option("--scales", default="1", show_default=True, help="Test scales, e.g. 0.5,0.75,1.")
+@click.option("--flip", is_flag=True, help="Also run the horizontally flipped image.")
+@click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="How scales and flips are fused.")
+@click.option("--save-probs", is_flag=True, help="Also write <image>_probs.npy (C x H x W, float16).")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Worker processes for CRF and writing.")
+@click.option("--threads", type=int, default=None, help="Threads for the network (default: all cores).")
+@reports_errors
+def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, scales, flip, fuse, save_probs,
+         jobs, threads):
+    """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
+    PNG), <name>_overlay.png and, with --save-probs, the class probabilities. A bad image is reported and
+    skipped; the exit status is 1 if any image failed."""
+    if bool(onnx_path) == bool(artifact):
+        raise click.UsageError("give exactly one of --onnx MODEL.onnx or --model ARTIFACT")
+    scale_list = parse_scales(scales)
+    backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    params = None
+    if crf or crf_preset or crf_params:
+        try:
+            params = parse_crf_overrides(crf_preset_or_default(crf_preset, backend.info.crf_preset), crf_params)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--crf-preset/--crf-params") from None
+    paths = list_images(list(images))
+    if not paths:
+        raise CaffeError("no images found in " + ", ".join(images))
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    pool = futures.ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    pending: dict[futures.Future, Path] = {}
+    stems: set[str] = set()
+    try:
+        for path in tqdm(paths, desc="segmenting", unit="image", disable=None):
+            try:
+                rgb = read_image(path)
+                logits = image_logits(backend, rgb, scale_list, flip, fuse)
+            except CaffeError as exc:
+                failed.append(f"{exc}")
+                tqdm.write(f"skipped: {exc}")
+                continue
+            stem = unique_stem(path, stems)
+            if pool is None:
+                finish_image(stem, rgb, logits, params, outdir, save_probs)
+            else:
+                pending[pool.submit(finish_image, stem, rgb, logits, params, outdir, save_probs)] = path
+                if len(pending) >= 2 * jobs:  # keep memory bounded: wait for the oldest results
+                    done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+                    collect(done, pending, failed)
+        if pending:
+            collect(futures.wait(pending).done, pending, failed)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    written = len(paths) - len(failed)
+    click.echo(f"segmented {written} of {len(paths)} image(s) into {outdir}"
+               + (f" with the dense CRF ({describe(params)})" if params else ""))
+    if failed:
+        click.echo(f"{len(failed)} image(s) failed:", err=True)
+        for message in failed:
+            click.echo(f"  {message}", err=True)
+        raise SystemExit(1)
+
+
+def crf_preset_or_default(name: str | None, model_default: str) -> CRFParams:
+    return crf_preset(name or model_default)
+
+
+def describe(params: CRFParams) -> str:
+    return (f"{params.max_iter} iterations, positional w={params.pos_w} xy={params.pos_xy_std}, "
+            f"bilateral w={params.bi_w} xy={params.bi_xy_std} rgb={params.bi_rgb_std}")
+
+
+def unique_stem(path: Path, taken: set[str]) -> str:
+    stem, index = path.stem, 1
+    while stem in taken:
+        index += 1
+        stem = f"{path.stem}_{index}"
+    taken.add(stem)
+    return stem
+
+
+def collect(done, pending, failed) -> None:
+    for future in done:
+        path = pending.pop(future)
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
+            failed.append(f"{path}: {type(exc).__name__}: {exc}")
+
+
+if __name__ == "__main__":
+    main()
