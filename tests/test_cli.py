@@ -138,3 +138,13 @@ def test_console_scripts_are_installed():
         result = subprocess.run([sys.executable, "-m", f"caffe2torch.cli.{name.split('-')[1]}", "--help"],
                                 capture_output=True, text=True)
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_verify_a_given_onnx_model(tmp_path):
+    folder = require_shared(REFERENCE / "v1_largefov")
+    out = tmp_path / "conv"
+    assert invoke(convert, [folder / "net.prototxt", folder / "weights.caffemodel", "-o", out]).exit_code == 0
+    result = invoke(verify, [folder / "net.prototxt", folder / "weights.caffemodel", "--inputs",
+                             folder / "inputs.npz", "--reference", folder / "blobs.npz", "--onnx", out / "model.onnx"])
+    assert result.exit_code == 0, result.output
+    assert "fc8_interp" in result.output and "2/2 blobs" in result.output  # the input and the ONNX output
