@@ -38,12 +38,13 @@ class ModelInfo:
     class_names: list[str] = field(default_factory=lambda: list(VOC_CLASSES))
     palette: str = "voc"
     crf_preset: str = "deeplab-v2-resnet"
+    model_id: str | None = None
 
     def to_metadata(self) -> dict[str, object]:
         return {"input_name": self.input_name, "output_name": self.output_name, "layout": "NCHW",
                 "channel_order": self.channel_order, "mean_values": self.mean, "scale": self.scale,
                 "crop_size": self.crop_size, "class_names": self.class_names, "palette": self.palette,
-                "crf_preset": self.crf_preset}
+                "crf_preset": self.crf_preset, "model_id": self.model_id}
 
     @classmethod
     def from_metadata(cls, meta: dict) -> ModelInfo:
@@ -51,7 +52,7 @@ class ModelInfo:
         for key, attr in (("input_name", "input_name"), ("output_name", "output_name"),
                           ("channel_order", "channel_order"), ("mean_values", "mean"), ("scale", "scale"),
                           ("crop_size", "crop_size"), ("class_names", "class_names"), ("palette", "palette"),
-                          ("crf_preset", "crf_preset")):
+                          ("crf_preset", "crf_preset"), ("model_id", "model_id")):
             if key in meta:
                 setattr(info, attr, meta[key])
         return info
@@ -125,12 +126,14 @@ class TorchBackend:
     def __init__(self, artifact: str | Path, threads: int | None = None):
         import torch
 
-        from caffe2torch.artifact import load
+        from caffe2torch.artifact import load, read_metadata
 
         if threads:
             torch.set_num_threads(threads)
         self.net = load(artifact)
-        self.info = model_info(self.net.spec)
+        meta = read_metadata(artifact)
+        self.info = model_info(self.net.spec, meta.get("crf_preset"))
+        self.info.model_id = meta.get("model_id") or None
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         import torch

@@ -134,7 +134,7 @@ def test_verify_passes_on_golden_and_names_first_divergent_blob(tmp_path):
 
 
 def test_console_scripts_are_installed():
-    for name in ("deeplab-info", "deeplab-convert", "deeplab-verify"):
+    for name in ("deeplab-info", "deeplab-convert", "deeplab-verify", "deeplab-run", "deeplab-eval"):
         result = subprocess.run([sys.executable, "-m", f"caffe2torch.cli.{name.split('-')[1]}", "--help"],
                                 capture_output=True, text=True)
         assert result.returncode == 0 and "Usage" in result.stdout

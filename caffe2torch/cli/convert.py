@@ -11,6 +11,7 @@ from caffe2torch.artifact import save_artifact
 from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.crf import crf_preset as crf_preset_params
+from caffe2torch.known_models import identify
 from caffe2torch.onnx_export import export_onnx
 from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
 from caffe2torch.runner import model_info
@@ -57,7 +58,16 @@ def main(prototxt, caffemodel, outdir, defines, phase, input_shapes, inputs, ref
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     artifact = out / ARTIFACT_NAME
+    known = identify(model)
+    preset = crf_preset or (known.crf_preset if known else ("v1" if spec.dialect == "deeplab_v1" else "v2"))
+    try:
+        crf_preset_params(preset)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--crf-preset") from None
+    if known:
+        click.echo(f"recognised {known.name} ({known.id})")
     sources = {
+        "model_id": known.id if known else "", "crf_preset": preset,
         "source_prototxt": str(prototxt), "source_prototxt_sha256": file_sha256(prototxt),
         "source_caffemodel": str(caffemodel), "source_caffemodel_sha256": file_sha256(caffemodel),
     }
@@ -66,16 +76,12 @@ def main(prototxt, caffemodel, outdir, defines, phase, input_shapes, inputs, ref
     click.echo(f"wrote {artifact} ({len(spec.layers)} layers, {params:,} parameters, "
                f"{len(loaded.loaded)} layers with weights) in {time.perf_counter() - started:.1f} s")
     if write_onnx:
-        preset = crf_preset or ("v1" if spec.dialect == "deeplab_v1" else "v2")
-        try:
-            crf_preset_params(preset)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--crf-preset") from None
         outputs = [o for o in onnx_outputs.split(",") if o] or None
         info = model_info(spec, preset)
+        info.model_id = known.id if known else None
         if outputs:
             info.output_name = outputs[0]
-        metadata = {**info.to_metadata(), **sources}
+        metadata = {**sources, **info.to_metadata()}
         export_onnx(net, out / ONNX_NAME, outputs, metadata)
         click.echo(f"wrote {out / ONNX_NAME} (onnxruntime; dynamic batch, height and width)")
     if arrays is not None:

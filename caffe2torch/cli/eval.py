@@ -1,0 +1,129 @@
+"""deeplab-eval: PASCAL VOC 2012 scores with DeepLab's protocol, for a model or for label PNGs made elsewhere."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from caffe2torch.cli.common import reports_errors
+from caffe2torch.cli.run import parse_scales
+from caffe2torch.crf import PRESET_ALIASES, PRESETS, parse_crf_overrides
+from caffe2torch.crf import crf_preset as preset_params
+from caffe2torch.errors import CaffeError, Location
+from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_samples, write_reports
+from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits
+from caffe2torch.util import atomic_write_text, file_sha256
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An ONNX model from deeplab-convert.")
+@click.option("--model", "artifact", type=click.Path(dir_okay=False), help="A caffe2torch artifact (torch backend).")
+@click.option("--predictions", type=click.Path(file_okay=False), help="Score these label PNGs (<id>.png) instead.")
+@click.option("--voc-root", required=True, type=click.Path(), help="VOCdevkit/VOC2012 (JPEGImages, "
+              "SegmentationClass, ImageSets/Segmentation).")
+@click.option("--split", default="val", show_default=True, help="ImageSets/Segmentation/<split>.txt")
+@click.option("--list", "list_file", type=click.Path(dir_okay=False), help="A list file instead of --split: ids, "
+              "or DeepLab's 'image label' path pairs.")
+@click.option("--labels", "label_dir", type=click.Path(file_okay=False), help="Another label folder, e.g. SBD's "
+              "SegmentationClassAug.")
+@click.option("--crf/--no-crf", default=False, show_default=True, help="Also score with the dense CRF (same pass).")
+@click.option("--crf-preset", default=None, metavar="NAME", help=f"{', '.join([*PRESET_ALIASES, *PRESETS])}")
+@click.option("--crf-params", default="", metavar="K=V,...", help="Override CRF settings.")
+@click.option("--scales", default="1", show_default=True)
+@click.option("--flip", is_flag=True)
+@click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True)
+@click.option("--jobs", type=int, default=1, show_default=True, help="Worker processes for CRF and scoring.")
+@click.option("--threads", type=int, default=None, help="Threads for the network.")
+@click.option("--limit", type=int, default=None, help="Only the first N images.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Reuse the predictions of an interrupted run in the results folder.")
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="results", show_default=True)
+@reports_errors
+def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir, crf, crf_preset, crf_params,
+         scales, flip, fuse, jobs, threads, limit, resume, outdir):
+    """Score a model (mIoU, per-class IoU, pixel accuracy, mean class accuracy, frequency-weighted IoU) on
+    PASCAL VOC 2012 with one dataset-level confusion matrix, label 255 ignored; with --crf, with and without
+    the dense CRF in one pass. Writes RESULTS/results.json, report.md, predictions/ and a few overlays/."""
+    if sum(bool(x) for x in (onnx_path, artifact, predictions)) != 1:
+        raise click.UsageError("give exactly one of --onnx, --model or --predictions")
+    samples = voc_samples(voc_root, split, list_file, label_dir)[:limit]
+    out = Path(outdir)
+    dataset = f"{voc_root} ({Path(list_file).name if list_file else split})"
+    if predictions:
+        from caffe2torch.images import VOC_CLASSES
+
+        result = evaluate_predictions(samples, predictions, len(VOC_CLASSES))
+        header = {"model": f"predictions in {predictions}", "dataset": dataset}
+        report(out, result, list(VOC_CLASSES), header, None)
+        return
+    backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    class_names = list(backend.info.class_names)
+    params = None
+    if crf:
+        try:
+            params = parse_crf_overrides(preset_params(crf_preset or backend.info.crf_preset), crf_params)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--crf-preset/--crf-params") from None
+    model_file = onnx_path or artifact
+    settings = {"model": str(model_file), "model_sha256": file_sha256(model_file), "dataset": dataset,
+                "scales": list(parse_scales(scales)), "flip": flip, "fuse": fuse,
+                "crf": None if params is None else params.__dict__}
+    check_resume(out, settings, resume)
+    scale_list = parse_scales(scales)
+
+    def logits(b, rgb):
+        return image_logits(b, rgb, scale_list, flip, fuse)
+
+    def progress(items):
+        return tqdm(items, desc="evaluating", unit="image", disable=None)
+
+    result = evaluate_model(backend, samples, out, len(class_names), params, logits, jobs, resume,
+                            progress=progress)
+    header = {"model": str(model_file), "dataset": dataset, "settings": settings}
+    report(out, result, class_names, header, backend.info)
+
+
+def check_resume(out: Path, settings: dict, resume: bool) -> None:
+    """A results folder belongs to one set of settings: resuming with others would mix predictions."""
+    state = out / "run.json"
+    if state.exists() and resume:
+        previous = json.loads(state.read_text())
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        if changed:
+            raise CaffeError(f"the results folder holds a run with other settings ({', '.join(changed)}); use "
+                             "another -o folder, or --no-resume to start again", Location(str(state)))
+    if not resume and (out / "predictions").exists():
+        shutil.rmtree(out / "predictions")
+    atomic_write_text(state, json.dumps(settings, indent=1))
+
+
+def report(out: Path, result, class_names, header, info) -> None:
+    from caffe2torch.known_models import published_for
+
+    published = published_for(info) if info is not None else None
+    results_json, report_md = write_reports(out, result, class_names, header, published)
+    if result.resumed:
+        click.echo(f"resumed: {result.resumed} image(s) scored from an earlier run's predictions")
+    width = max(len(k) for k in result.scores)
+    click.echo(f"{result.images} image(s) scored" + (f", {len(result.skipped)} skipped" if result.skipped else ""))
+    click.echo(f"{'':{width}}  {'mIoU':>7}  {'pix acc':>7}  {'mean acc':>8}  {'fw IoU':>7}"
+               + ("  published" if published else ""))
+    for variant, s in result.scores.items():
+        line = (f"{variant:{width}}  {100 * s.miou:7.2f}  {100 * s.pixel_accuracy:7.2f}  "
+                f"{100 * s.mean_class_accuracy:8.2f}  {100 * s.frequency_weighted_iou:7.2f}")
+        if published and published.get(variant) is not None:
+            line += f"  {published[variant]:.2f} ({published.get('source', '')})"
+        click.echo(line)
+    for skipped in result.skipped[:10]:
+        click.echo(f"skipped: {skipped}", err=True)
+    if len(result.skipped) > 10:
+        click.echo(f"... and {len(result.skipped) - 10} more (all listed in {report_md})", err=True)
+    click.echo(f"wrote {results_json} and {report_md}")
+
+
+if __name__ == "__main__":
+    main()
