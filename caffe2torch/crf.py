@@ -81,6 +81,8 @@ PRESETS: dict[str, tuple[CRFParams, str]] = {
                           "grid-search starting point; the DENSE_CRF layer of martinkersner's LargeFOV test net (V)"),
     "dense-inference": (CRFParams(10, [3.0], [3.0], [60.0], [20.0], [10.0]),
                         "dense_inference binary built-in defaults (V)"),
+    "demo-synthetic": (CRFParams(10, [1.0], [3.0], [40.0], [5.0], [5.0]),
+                       "the demo model's: grid search on generated validation scenes (caffe2torch.demo.train)"),
 }
 PRESET_ALIASES = {"v1": "deeplab-v1-largefov", "v2": "deeplab-v2-resnet"}
 

@@ -10,6 +10,7 @@ from functools import cache
 from importlib import resources
 
 from caffe2torch.caffemodel import CaffeModel
+from caffe2torch.errors import CaffeError
 from caffe2torch.load_weights import blob_shape_matches
 
 
@@ -18,6 +19,7 @@ class KnownModel:
     id: str
     name: str
     files: list[str]
+    definition: str
     crf_preset: str
     published: dict
     signature: dict[str, list[list[int]]]
@@ -29,7 +31,7 @@ class KnownModel:
 
 @cache
 def known_models() -> dict[str, KnownModel]:
-    text = resources.files("caffe2torch.weights").joinpath("manifest.json").read_text()
+    text = resources.files("caffe2torch").joinpath("weights", "manifest.json").read_text()
     return {m["id"]: KnownModel(**m) for m in json.loads(text)["models"]}
 
 
@@ -51,6 +53,13 @@ def identify(model: CaffeModel) -> KnownModel | None:
         ):
             return known
     return None
+
+
+def known_model(model_id: str) -> KnownModel:
+    models = known_models()
+    if model_id not in models:
+        raise CaffeError(f"unknown model '{model_id}'; known: {', '.join(models)}")
+    return models[model_id]
 
 
 def published_for(info) -> dict | None:

@@ -13,7 +13,7 @@ from caffe2torch.caffemodel import CaffeModel, read_caffemodel
 from caffe2torch.load_weights import LoadReport, load_caffemodel_weights
 from caffe2torch.net import CaffeNet, build_net
 from caffe2torch.netspec import NetSpec, Shape
-from caffe2torch.prototxt import parse_prototxt
+from caffe2torch.parse import parse_prototxt
 from caffe2torch.upgrade import upgrade_net
 from caffe2torch.verify import DEFAULT_TOLERANCE, VerifyReport, compare_blobs
 

@@ -9,7 +9,7 @@ from typing import Any
 from caffe2torch.caffemodel import CaffeModel
 from caffe2torch.load_weights import LoadReport, match_weights
 from caffe2torch.netspec import NetSpec, Shape
-from caffe2torch.prototxt import DIALECT_TITLES
+from caffe2torch.parse import DIALECT_TITLES
 from caffe2torch.shapes import ShapeReport, infer_shapes
 
 

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from caffe2torch.errors import Location, NetDefinitionError
 from caffe2torch.netspec import DroppedLayer, InputSpec, LayerSpec, NetSpec, ParamSpec, Shape
-from caffe2torch.prototxt import ParsedPrototxt
+from caffe2torch.parse import ParsedPrototxt
 
 # V1 LayerType enum names (stock and DeepLab v1) → layer type strings.
 V1_LAYER_TYPES = {

@@ -1,32 +1,30 @@
 #!/usr/bin/env bash
-# The main job: convert every golden DeepLab case (made with DeepLab's own Caffe) and prove the conversion
-# blob by blob with deeplab-verify. Usage: bash scripts/main.sh [OUTDIR]
+# The main job, on the bundled demo model (a small DeepLab-v2-style net trained on generated scenes, not on
+# photographs): convert it to an artifact and ONNX, verify torch against onnxruntime blob by blob, segment
+# the bundled sample scenes with and without the dense CRF, and score held-out scenes with and without CRF.
+# Usage: bash scripts/main.sh [OUTDIR]      (default out/demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-out=${1:-out/main}
-shared=${CAFFE2TORCH_SHARED:-../shared}
-if [ ! -d "$shared/reference" ]; then
-  echo "error: $shared/reference (the DeepLab golden cases) is not beside this checkout" >&2
-  exit 2
-fi
+out=${1:-out/demo}
+rm -rf "$out"
 mkdir -p "$out"
-deeplab-info "$shared/corpus/c_v2_tpami/DeepLabv2-ResNet101-MSC-ASPP/test.prototxt" --define NUM_LABELS=21 \
-  | tail -n 4
-status=0
-for case in "$shared"/reference/*/; do
-  name=$(basename "$case")
-  for variant in "" _v1; do
-    [ -f "$case/net$variant.prototxt" ] || continue
-    if deeplab-verify "$case/net$variant.prototxt" "$case/weights$variant.caffemodel" \
-        --inputs "$case/inputs.npz" --reference "$case/blobs.npz" --json "$out/$name$variant.json" > "$out/$name$variant.txt"; then
-      echo "PASS  $name$variant: $(tail -n 1 "$out/$name$variant.txt")"
-    else
-      echo "FAIL  $name$variant: $(tail -n 1 "$out/$name$variant.txt")"; status=1
-    fi
-  done
-done
-deeplab-convert "$shared/reference/v2_resnet101_msc/net.prototxt" "$shared/reference/v2_resnet101_msc/weights.caffemodel" \
-  -o "$out/v2_resnet101_msc" | tail -n 1
-echo "reports in $out/"
-exit $status
+caffemodel=caffe2torch/weights/deeplab-demo-synthetic.caffemodel
+prototxt=caffe2torch/prototxt/deeplab-demo-synthetic.prototxt
+
+echo "== 1. the caffemodel, recognised from its layers"
+deeplab-info "$caffemodel" | tail -n 2
+echo "== 2. convert (artifact + ONNX)"
+deeplab-convert --model deeplab-demo-synthetic "$caffemodel" -o "$out/model" 2>/dev/null
+echo "== 3. torch vs onnxruntime, every blob"
+python3 -m caffe2torch.demo parity "$out/parity"
+deeplab-verify "$prototxt" "$caffemodel" --inputs "$out/parity/inputs.npz" --reference "$out/parity/blobs.npz" \
+  --backend onnx | tail -n 1
+echo "== 4. segment the sample scenes, without and with the dense CRF"
+deeplab-run --onnx "$out/model/model.onnx" caffe2torch/demo/samples -o "$out/samples"
+deeplab-run --onnx "$out/model/model.onnx" caffe2torch/demo/samples -o "$out/samples_crf" --crf --jobs 2
+echo "== 5. held-out generated scenes: mIoU without and with the dense CRF"
+python3 -m caffe2torch.demo heldout "$out/heldout"
+deeplab-eval --onnx "$out/model/model.onnx" --voc-root "$out/heldout" --list "$out/heldout/ImageSets/Segmentation/val.txt" \
+  --crf --jobs 2 -o "$out/eval"
+echo "label PNGs and overlays: $out/samples, $out/samples_crf; scores: $out/eval/report.md"

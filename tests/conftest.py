@@ -12,7 +12,7 @@ import torch
 from caffe2torch.caffemodel import WeightsLayer, write_caffemodel
 from caffe2torch.net import CaffeNet, build_net
 from caffe2torch.netspec import NetSpec
-from caffe2torch.prototxt import parse_prototxt_text
+from caffe2torch.parse import parse_prototxt_text
 from caffe2torch.upgrade import upgrade_net
 
 REPO = Path(__file__).resolve().parents[1]

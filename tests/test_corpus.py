@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from caffe2torch.prototxt import parse_prototxt
+from caffe2torch.parse import parse_prototxt
 from caffe2torch.shapes import infer_shapes
 from caffe2torch.upgrade import declared_phases, to_raw_net, upgrade_net
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from caffe2torch.errors import PrototxtError
-from caffe2torch.prototxt import parse_prototxt, parse_prototxt_text
+from caffe2torch.parse import parse_prototxt, parse_prototxt_text
 
 V1_NET = """
 name: "v1"

@@ -11,7 +11,8 @@ from caffe2torch.artifact import save_artifact
 from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.crf import crf_preset as crf_preset_params
-from caffe2torch.known_models import identify
+from caffe2torch.definitions import bundled_definition
+from caffe2torch.known_models import identify, known_model
 from caffe2torch.onnx_export import export_onnx
 from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
 from caffe2torch.runner import model_info
@@ -23,8 +24,9 @@ ONNX_NAME = "model.onnx"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("prototxt", type=click.Path(dir_okay=False))
-@click.argument("caffemodel", type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, metavar="[PROTOTXT] CAFFEMODEL")
+@click.option("--model", "model_id", default=None, metavar="ID",
+              help="Use the bundled definition of a known model instead of a PROTOTXT (see deeplab-info).")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="converted", show_default=True,
               help="Folder for the artifact (model.safetensors) and reports.")
 @net_options
@@ -38,13 +40,22 @@ ONNX_NAME = "model.onnx"
 @click.option("--crf-preset", default=None, metavar="NAME", help="CRF preset recorded for deeplab-run "
               "(default: v1 for DeepLab v1 nets, v2 otherwise).")
 @reports_errors
-def main(prototxt, caffemodel, outdir, defines, phase, input_shapes, inputs, reference, tol, write_onnx,
+def main(files, model_id, outdir, defines, phase, input_shapes, inputs, reference, tol, write_onnx,
          onnx_outputs, crf_preset):
-    """Convert PROTOTXT + CAFFEMODEL into OUTDIR/model.safetensors, a file that caffe2torch.load() turns back
+    """Convert PROTOTXT + CAFFEMODEL (or a known model's bundled definition + CAFFEMODEL with --model ID) into
+    OUTDIR/model.safetensors, a file that caffe2torch.load() turns back
     into a ready torch module without pickle, prototxt or caffemodel, and OUTDIR/model.onnx for onnxruntime
     (deeplab-run --onnx), which carries its preprocessing, class names and CRF preset as metadata."""
     if bool(inputs) != bool(reference):
         raise click.UsageError("--inputs and --reference go together")
+    if model_id:
+        if len(files) != 1:
+            raise click.UsageError("with --model give only the CAFFEMODEL")
+        prototxt, caffemodel = str(bundled_definition(known_model(model_id).definition)), files[0]
+    elif len(files) == 2:
+        prototxt, caffemodel = files
+    else:
+        raise click.UsageError("give PROTOTXT and CAFFEMODEL, or --model ID and CAFFEMODEL")
     started = time.perf_counter()
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
     arrays = load_npz(inputs, "inputs") if inputs else None

@@ -105,6 +105,8 @@ def report(out: Path, result, class_names, header, info) -> None:
     from caffe2torch.known_models import published_for
 
     published = published_for(info) if info is not None else None
+    if published and not any(published.get(v) is not None for v in result.scores):
+        published = None  # a known model without published numbers (the demo)
     results_json, report_md = write_reports(out, result, class_names, header, published)
     if result.resumed:
         click.echo(f"resumed: {result.resumed} image(s) scored from an earlier run's predictions")

@@ -32,8 +32,11 @@ def known_model_text(known: KnownModel | None) -> str:
         return "known model: none (the layer names and shapes match no released DeepLab model we know)"
     text = f"known model: {known.name} [{known.id}]; CRF preset {known.crf_preset}"
     published = known.published
-    text += (f"\n  published VOC 2012 val mIoU: {published.get('no_crf', '-')} without CRF, "
-             f"{published.get('crf', '-')} with CRF ({published.get('status')}: {published.get('source')})")
+    if published.get("no_crf") is None:
+        text += f"\n  no published numbers ({published.get('source')})"
+    else:
+        text += (f"\n  published VOC 2012 val mIoU: {published['no_crf']} without CRF, "
+                 f"{published.get('crf', '-')} with CRF ({published.get('status')}: {published.get('source')})")
     if known.also:
         text += f"\n  note: {known.also}"
     return text
