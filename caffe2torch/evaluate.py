@@ -23,6 +23,7 @@ from caffe2torch.errors import CaffeError, Location
 from caffe2torch.images import overlay, read_image, write_label_png, write_rgb_png
 from caffe2torch.metrics import Scores, confusion_matrix, scores_from_confusion
 from caffe2torch.runner import softmax
+from caffe2torch.util import worker_pool
 
 VARIANTS = ("no_crf", "crf")
 
@@ -154,7 +155,7 @@ def evaluate_model(
     variants = ("no_crf", "crf") if crf is not None else ("no_crf",)
     totals = {v: np.zeros((num_classes, num_classes), np.int64) for v in variants}
     result = EvalResult({}, 0)
-    pool = futures.ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    pool = worker_pool(jobs) if jobs > 1 else None
     pending: dict[futures.Future, Sample] = {}
 
     def collect(done) -> None:

@@ -75,3 +75,14 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def worker_pool(jobs: int):
+    """A process pool for CPU work (CRF, scoring) beside the network. Workers come from a forkserver, not
+    from fork(): forking a process whose torch/OpenMP threads hold locks can deadlock the children."""
+    import concurrent.futures
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context)

@@ -14,7 +14,7 @@ from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, crf_preset, pars
 from caffe2torch.errors import CaffeError
 from caffe2torch.images import list_images, overlay, read_image, write_label_png, write_rgb_png
 from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, postprocess
-from caffe2torch.util import atomic_path
+from caffe2torch.util import atomic_path, worker_pool
 
 
 def finish_image(stem: str, rgb: np.ndarray, logits: np.ndarray, crf: CRFParams | None, outdir: str,
@@ -77,7 +77,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, scale
         raise CaffeError("no images found in " + ", ".join(images))
     Path(outdir).mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
-    pool = futures.ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    pool = worker_pool(jobs) if jobs > 1 else None
     pending: dict[futures.Future, Path] = {}
     stems: set[str] = set()
     try:
