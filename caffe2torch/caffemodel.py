@@ -25,8 +25,13 @@ import numpy as np
 from caffe2torch.errors import CaffeModelError, Location
 from caffe2torch.upgrade import V1_LAYER_TYPES
 from caffe2torch.util import atomic_output
+from caffe2torch.wire import FIXED32, FIXED64, LENGTH_DELIMITED, VARINT
+from caffe2torch.wire import key as _key
+from caffe2torch.wire import len_field as _len_field
+from caffe2torch.wire import string_field as _string_field
+from caffe2torch.wire import varint as _varint
 
-_WIRE_VARINT, _WIRE_64, _WIRE_LEN, _WIRE_32 = 0, 1, 2, 5
+_WIRE_VARINT, _WIRE_64, _WIRE_LEN, _WIRE_32 = VARINT, FIXED64, LENGTH_DELIMITED, FIXED32
 # V1 LayerType values: stock BVLC and DeepLab v1 share them except 39 (DECONVOLUTION vs IMAGE_SEG_DATA).
 _V1_ENUM_BY_NAME = {
     "NONE": 0, "ACCURACY": 1, "BNLL": 2, "CONCAT": 3, "CONVOLUTION": 4, "DATA": 5, "DROPOUT": 6,
@@ -59,6 +64,24 @@ class CaffeModel:
     layers: list[CaffeModelLayer]
     source: str | None = None
     dialect_hint: str = "layer"  # "layer" (field 100) or "layers" (legacy field 2)
+    mapping: mmap.mmap | None = field(default=None, repr=False, compare=False)
+
+    def release(self, arrays: list[np.ndarray]) -> None:
+        """Tell the kernel that the mapped pages under these blobs are no longer needed (after they were
+        copied into a net), so a large model never sits in memory twice. The mapping is read-only and
+        file-backed: a later read of the same blobs simply reads the file again."""
+        if self.mapping is None or not hasattr(self.mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        base = np.frombuffer(self.mapping, dtype=np.uint8).ctypes.data
+        page = mmap.PAGESIZE
+        for array in arrays:
+            start = array.ctypes.data - base
+            if not 0 <= start < len(self.mapping) or array.nbytes == 0:
+                continue  # not a view of the mapping (a converted copy)
+            first = -(-start // page) * page  # only pages wholly inside the blob
+            last = (start + array.nbytes) // page * page
+            if last > first:
+                self.mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def by_name(self) -> dict[str, CaffeModelLayer]:
         return {layer.name: layer for layer in self.layers}
@@ -223,38 +246,14 @@ def read_caffemodel(path: str | Path) -> CaffeModel:
         raise CaffeModelError("is a directory, not a caffemodel", Location(str(path))) from None
     except OSError as exc:
         raise CaffeModelError(f"cannot read: {exc.strerror}", Location(str(path))) from None
-    return read_caffemodel_bytes(memoryview(mapped), str(path))
+    model = read_caffemodel_bytes(memoryview(mapped), str(path))
+    model.mapping = mapped
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Writers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _varint(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _key(number: int, wire: int) -> bytes:
-    return _varint((number << 3) | wire)
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _key(number, _WIRE_LEN) + _varint(len(payload)) + payload
-
-
-def _string_field(number: int, text: str) -> bytes:
-    return _len_field(number, text.encode("utf-8"))
 
 
 def _blob_header(array: np.ndarray, legacy: bool) -> tuple[bytes, int]:

@@ -103,4 +103,5 @@ def load_caffemodel_weights(
     for name, blobs in plan.items():
         # A blob shared by ParamSpec name is loaded once, through the layer that owns it.
         net.module(name).load_blobs([None if (name, i) in net.ties else b for i, b in enumerate(blobs)])
+        model.release(blobs)
     return report

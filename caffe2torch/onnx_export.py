@@ -11,6 +11,9 @@ reversed axis (Caffe's tie rule).
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,14 +22,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from caffe2torch import __version__
-from caffe2torch.errors import Location, UnsupportedError
+from caffe2torch import __version__, wire
+from caffe2torch.errors import Location, NetDefinitionError, UnsupportedError
 from caffe2torch.layers import get_converter
 from caffe2torch.net import CaffeNet
-from caffe2torch.shapes import layer_location
+from caffe2torch.shapes import infer_shapes, layer_location
 from caffe2torch.util import atomic_path
 
 OPSET = 18
+# Up to this size the written file is checked whole as well (onnx.checker loads every weight to do it).
+FULL_CHECK_BYTES = 64 << 20
 METADATA_PREFIX = "caffe2torch."
 
 
@@ -42,6 +47,21 @@ class _BlobsModule(nn.Module):
     def forward(self, *inputs):
         blobs = self.net._execute(dict(zip(self.net.input_names, inputs)), only=self.keys)
         return tuple(blobs[name] for name in self.outputs)
+
+
+@contextlib.contextmanager
+def folded_batchnorm(net: CaffeNet):
+    """Within the block, every CaffeBatchNorm computes x * scale + shift from constants folded beforehand."""
+    from caffe2torch.layers.normalization import CaffeBatchNorm
+
+    layers = [m for m in net.modules() if isinstance(m, CaffeBatchNorm)]
+    for layer in layers:
+        layer.export_affine = layer.folded_affine()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.export_affine = None
 
 
 def required_layers(net: CaffeNet, outputs: Sequence[str]) -> set[str]:
@@ -67,14 +87,37 @@ def check_exportable(net: CaffeNet, outputs: Sequence[str]) -> None:
         raise UnsupportedError(problems, net.spec.source)
 
 
-def example_inputs(net: CaffeNet) -> tuple[torch.Tensor, ...]:
-    tensors = []
-    for inp in net.spec.inputs:
-        if any(d is None for d in inp.shape):
+def tracing_shapes(net: CaffeNet) -> list[tuple[int, ...]]:
+    """Input shapes to trace with. Every size rule is traced symbolically, so the trace need not run at the
+    net's full crop size (a 513x513 ResNet-101 MSC forward pass costs seconds): the smallest size of the form
+    32k+1 at which every feature map keeps at least 3 pixels a side is used (none degenerates to the sizes
+    where Interp's copy path or a 1-pixel map would bake a different branch into the graph)."""
+    declared = [tuple(i.shape) for i in net.spec.inputs]
+    for inp, shape in zip(net.spec.inputs, declared):
+        if any(d is None for d in shape):
             raise UnsupportedError([(Location(file=net.spec.source), f"input '{inp.name}' has an unknown shape "
-                                     f"{inp.shape}; give --input-shape {inp.name}=N,C,H,W")])
-        tensors.append(torch.zeros(tuple(inp.shape)))
-    return tuple(tensors)
+                                     f"{shape}; give --input-shape {inp.name}=N,C,H,W")])
+    spatial = [i for i, inp in enumerate(net.spec.inputs) if len(declared[i]) == 4 and inp.role in ("image",
+                                                                                                   "tensor")]
+    if len(spatial) != 1:
+        return declared  # several spatial inputs must agree with each other: keep the declared sizes
+    index = spatial[0]
+    for size in range(33, max(declared[index][2:]) + 1, 32):
+        trial = copy.deepcopy(net.spec)
+        trial.inputs[index].shape = (1, declared[index][1], size, size)
+        try:
+            blobs = infer_shapes(trial, check=False).blobs
+        except (NetDefinitionError, ValueError):
+            continue
+        if all(min(s[2:]) >= 3 for s in blobs.values() if len(s) == 4 and None not in s):
+            shapes = list(declared)
+            shapes[index] = (1, declared[index][1], size, size)
+            return shapes
+    return declared
+
+
+def example_inputs(net: CaffeNet) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.zeros(shape) for shape in tracing_shapes(net))
 
 
 def export_onnx(
@@ -98,24 +141,76 @@ def export_onnx(
         shape = net.shapes.blobs.get(name, ())
         dynamic[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} if len(shape) == 4 else {}
     module = _BlobsModule(net, outputs).eval()
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    props = {"converter": f"caffe2torch {__version__}", "netspec_name": net.spec.name, **(metadata or {})}
+    graph_only = io.BytesIO()
+    with warnings.catch_warnings(), folded_batchnorm(net):
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes: intended
         with torch.no_grad():
-            torch.onnx.export(module, args, str(tmp), input_names=net.input_names, output_names=outputs,
-                              opset_version=opset, dynamic_axes=dynamic, do_constant_folding=True,
-                              dynamo=False)
-        model = onnx.load(str(tmp))
-        props = {"converter": f"caffe2torch {__version__}", "netspec_name": net.spec.name,
-                 **{k: v for k, v in (metadata or {}).items()}}
-        for key, value in props.items():
-            entry = model.metadata_props.add()
-            entry.key = METADATA_PREFIX + key
-            entry.value = value if isinstance(value, str) else json.dumps(value)
-        model.producer_name = "caffe2torch"
-        model.producer_version = __version__
-        onnx.checker.check_model(model)
-        onnx.save(model, str(tmp))
+            # The graph without its weights (they become graph inputs), so that the exporter never holds the
+            # model serialised in memory; _write_model streams the weights in. BatchNorm is folded by hand
+            # and the shape arithmetic cannot be folded, so constant folding would only cost time.
+            torch.onnx.export(module, args, graph_only, input_names=net.input_names, output_names=outputs,
+                              opset_version=opset, dynamic_axes=dynamic, do_constant_folding=False,
+                              export_params=False, keep_initializers_as_inputs=True, dynamo=False)
+    model = onnx.load_from_string(graph_only.getvalue())
+    onnx.checker.check_model(model)  # the graph, with the weights still as typed graph inputs
+    tensors = dict(module.named_parameters(remove_duplicate=False)) | dict(module.named_buffers(remove_duplicate=False))
+    with atomic_path(path) as tmp:
+        _write_model(model, tensors, set(net.input_names), props, tmp)
+        if tmp.stat().st_size <= FULL_CHECK_BYTES:
+            onnx.checker.check_model(str(tmp))  # loading a large model just to check it would double its memory
     return Path(path)
+
+
+_ONNX_FLOAT, _ONNX_INT64 = 1, 7
+
+
+def _tensor_header(name: str, tensor: torch.Tensor) -> tuple[bytes, int]:
+    """TensorProto (dims 1, data_type 2, name 8) and the key and length of raw_data (9); the data follow."""
+    kinds = {torch.float32: _ONNX_FLOAT, torch.int64: _ONNX_INT64}
+    if tensor.dtype not in kinds:
+        raise TypeError(f"cannot write a {tensor.dtype} initializer")
+    nbytes = tensor.numel() * tensor.element_size()
+    head = b"".join(wire.key(1, wire.VARINT) + wire.varint(d) for d in tensor.shape)
+    head += wire.key(2, wire.VARINT) + wire.varint(kinds[tensor.dtype]) + wire.string_field(8, name)
+    head += wire.key(9, wire.LENGTH_DELIMITED) + wire.varint(nbytes)
+    return head, nbytes
+
+
+def _write_model(model, tensors: Mapping[str, torch.Tensor], net_inputs: set[str],
+                 props: Mapping[str, object], path: Path) -> None:
+    """Write `model` (a graph whose weights are graph inputs) to `path` with the weights as initializers,
+    streamed one tensor at a time: a 170 MB net is never held serialised in memory. The ModelProto is written
+    as its fields except the graph, then the graph (field 7) as the small graph message followed by one
+    initializer field (5) per weight; protobuf merges a message written in parts."""
+    graph = model.graph
+    weights = [value.name for value in graph.input if value.name not in net_inputs]
+    missing = [name for name in weights if name not in tensors]
+    if missing:
+        raise RuntimeError(f"exported graph inputs without a tensor: {missing[:5]}")
+    kept = [value for value in graph.input if value.name in net_inputs]
+    del graph.input[:]
+    graph.input.extend(kept)
+    model.producer_name, model.producer_version = "caffe2torch", __version__
+    for name, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key = METADATA_PREFIX + name
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    graph_bytes = graph.SerializeToString()
+    model.ClearField("graph")
+    parts = []
+    for name in weights:
+        tensor = tensors[name].detach().contiguous().cpu()
+        head, nbytes = _tensor_header(name, tensor)
+        parts.append((wire.key(5, wire.LENGTH_DELIMITED) + wire.varint(len(head) + nbytes) + head, tensor))
+    graph_length = len(graph_bytes) + sum(len(head) + t.numel() * t.element_size() for head, t in parts)
+    with open(path, "wb") as handle:
+        handle.write(model.SerializeToString())
+        handle.write(wire.key(7, wire.LENGTH_DELIMITED) + wire.varint(graph_length) + graph_bytes)
+        for head, tensor in parts:
+            handle.write(head)
+            handle.write(tensor.numpy().tobytes() if tensor.dtype != torch.float32 else memoryview(
+                tensor.numpy()).cast("B"))
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, object]:

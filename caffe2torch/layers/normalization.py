@@ -55,8 +55,21 @@ class CaffeBatchNorm(CaffeLayer):
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("variance", torch.ones(channels))
         self.register_buffer("factor", torch.ones(1))
+        # Set during ONNX export only: (scale, shift) computed eagerly, so the graph holds x * scale + shift
+        # with the moving-average factor folded in, not the arithmetic that folds it.
+        self.export_affine: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def folded_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) with y = x * scale + shift, for channels-first 4-D input."""
+        with torch.no_grad():
+            mean, var = batchnorm_statistics(self.mean, self.variance, self.factor)
+            scale = 1.0 / torch.sqrt(var + self.eps)
+            return scale.reshape(1, -1, 1, 1).clone(), (-mean * scale).reshape(1, -1, 1, 1).clone()
 
     def forward(self, x):
+        if self.export_affine is not None and self.use_global_stats:
+            scale, shift = self.export_affine
+            return x * scale + shift
         if not self.use_global_stats:
             # Caffe's TRAIN behaviour (or use_global_stats: false): statistics of this batch, biased variance.
             mean = x.mean(dim=(0, 2, 3))
