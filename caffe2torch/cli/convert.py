@@ -13,7 +13,9 @@ from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse
 from caffe2torch.crf import crf_preset as crf_preset_params
 from caffe2torch.definitions import bundled_definition
 from caffe2torch.known_models import identify, known_model
+from caffe2torch.images import list_images, read_image
 from caffe2torch.onnx_export import export_onnx
+from caffe2torch.quantize import quantize_int8
 from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
 from caffe2torch.runner import model_info
 from caffe2torch.util import atomic_write_text, file_sha256
@@ -21,6 +23,7 @@ from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
 
 ARTIFACT_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,11 +40,13 @@ ONNX_NAME = "model.onnx"
 @click.option("--onnx/--no-onnx", "write_onnx", default=True, show_default=True, help="Also write OUTDIR/model.onnx.")
 @click.option("--onnx-outputs", default="", metavar="BLOB,...", help="Blobs the ONNX model returns (default: the "
               "net outputs).")
+@click.option("--int8", "int8_images", type=click.Path(exists=True), default=None, metavar="IMAGES",
+              help="Also write model.int8.onnx, calibrated on these images (a folder; up to 16 are used).")
 @click.option("--crf-preset", default=None, metavar="NAME", help="CRF preset recorded for deeplab-run "
               "(default: v1 for DeepLab v1 nets, v2 otherwise).")
 @reports_errors
 def main(files, model_id, outdir, defines, phase, input_shapes, inputs, reference, tol, write_onnx,
-         onnx_outputs, crf_preset):
+         onnx_outputs, int8_images, crf_preset):
     """Convert PROTOTXT + CAFFEMODEL (or a known model's bundled definition + CAFFEMODEL with --model ID) into
     OUTDIR/model.safetensors, a file that caffe2torch.load() turns back
     into a ready torch module without pickle, prototxt or caffemodel, and OUTDIR/model.onnx for onnxruntime
@@ -95,6 +100,13 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
         metadata = {**sources, **info.to_metadata()}
         export_onnx(net, out / ONNX_NAME, outputs, metadata)
         click.echo(f"wrote {out / ONNX_NAME} (onnxruntime; dynamic batch, height and width)")
+        if int8_images:
+            paths = list_images([int8_images])[:16]
+            images = [read_image(p) for p in paths]
+            quantize_int8(out / ONNX_NAME, out / INT8_NAME, spec, images, info)
+            click.echo(f"wrote {out / INT8_NAME} (int8, calibrated on {len(images)} image(s))")
+    elif int8_images:
+        raise click.UsageError("--int8 needs the ONNX export (drop --no-onnx)")
     if arrays is not None:
         report = verify_torch(net, arrays, load_npz(reference, "reference"), tol)
         atomic_write_text(out / "parity.json", report.to_json())
