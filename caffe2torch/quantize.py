@@ -48,8 +48,13 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, spec: NetSpec, im
                   info: ModelInfo) -> Path:
     """Write an int8 model beside a float ONNX export; `images` are RGB uint8 calibration images."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     batches = [preprocess(np.ascontiguousarray(image), info) for image in images]

@@ -12,11 +12,11 @@ from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.crf import crf_preset as crf_preset_params
 from caffe2torch.definitions import bundled_definition
-from caffe2torch.known_models import identify, known_model
 from caffe2torch.images import list_images, read_image
+from caffe2torch.known_models import identify, known_model
 from caffe2torch.onnx_export import export_onnx
-from caffe2torch.quantize import quantize_int8
 from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
+from caffe2torch.quantize import quantize_int8
 from caffe2torch.runner import model_info
 from caffe2torch.util import atomic_write_text, file_sha256
 from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
