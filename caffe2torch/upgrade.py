@@ -496,45 +496,46 @@ def _data_top_role(kind: str, index: int) -> str:
     return ("image", "label", "data_dim")[index] if index < 3 else "tensor"
 
 
-def prune_for_inference(spec: NetSpec) -> None:
-    """Drop training-only layers, then every layer that reads a label or a blob that only a dropped layer
-    makes (e.g. DeepLab's `label_shrink`, or the weak models' ArgMax over label-biased scores). A dropped
-    layer working in place on a kept blob leaves that blob as it was."""
-    tainted = {i.name for i in spec.inputs if i.role == "label"}
+def _prune(spec: NetSpec, tainted: set[str], drop_reason, taint_note: str) -> None:
+    """Drop each layer `drop_reason` names a reason for, then every layer that reads a tainted blob (the
+    given ones, and the tops of dropped layers). A dropped layer working in place on a kept blob leaves that
+    blob as it was."""
     kept: list[LayerSpec] = []
     for layer in spec.layers:
-        reason = None
-        if layer.type in TRAINING_ONLY_TYPES:
-            reason = f"{TRAINING_ONLY_TYPES[layer.type]}: not needed for inference"
-        else:
-            reads = [b for b in layer.bottoms if b in tainted]
-            if reads:
-                reason = f"reads {', '.join(repr(b) for b in reads)}, which exists only for training"
+        reason = drop_reason(layer)
+        if reason is None and (reads := [b for b in layer.bottoms if b in tainted]):
+            reason = f"reads {', '.join(repr(b) for b in reads)}, {taint_note}"
         if reason is None:
             kept.append(layer)
             continue
         spec.dropped.append(DroppedLayer(layer.name, layer.type, reason, layer.line))
         tainted.update(t for t in layer.tops if t not in layer.bottoms)
     spec.layers = kept
+
+
+def prune_for_inference(spec: NetSpec) -> None:
+    """Drop training-only layers, then every layer that reads a label or a blob that only a dropped layer
+    makes (e.g. DeepLab's `label_shrink`, or the weak models' ArgMax over label-biased scores)."""
+
+    def reason(layer: LayerSpec) -> str | None:
+        if layer.type in TRAINING_ONLY_TYPES:
+            return f"{TRAINING_ONLY_TYPES[layer.type]}: not needed for inference"
+        return None
+
+    labels = {i.name for i in spec.inputs if i.role == "label"}
+    _prune(spec, labels, reason, "which exists only for training")
 
 
 def prune_for_training(spec: NetSpec) -> None:
     """For fine-tuning: keep the losses we implement, drop metrics, file IO and the weak-supervision layers
     (not differentiable, or not implemented) and whatever reads their outputs, saying which and why."""
-    tainted: set[str] = set()
-    kept: list[LayerSpec] = []
-    for layer in spec.layers:
-        reason = None
+
+    def reason(layer: LayerSpec) -> str | None:
         if layer.type in TRAINING_ONLY_TYPES and layer.type not in TRAINABLE_TYPES:
-            reason = f"{TRAINING_ONLY_TYPES[layer.type]}: not a differentiable training layer caffe2torch builds"
-        elif reads := [b for b in layer.bottoms if b in tainted]:
-            reason = f"reads {', '.join(repr(b) for b in reads)}, made by a dropped layer"
-        if reason is None:
-            kept.append(layer)
-            continue
-        spec.dropped.append(DroppedLayer(layer.name, layer.type, reason, layer.line))
-        tainted.update(t for t in layer.tops if t not in layer.bottoms)
-    spec.layers = kept
+            return f"{TRAINING_ONLY_TYPES[layer.type]}: not a differentiable training layer caffe2torch builds"
+        return None
+
+    _prune(spec, set(), reason, "made by a dropped layer")
 
 
 def check_graph(spec: NetSpec) -> None:

@@ -86,8 +86,9 @@ def header(title: str, source: str) -> str:
             f"# Layer names, types and parameters are those of the released net ({source}).\n")
 
 
-def vgg_trunk(net: Net, pool_kernel: int = 3) -> None:
-    """VGG-16 conv1-conv5 as DeepLab modified it: pool4 and pool5 at stride 1, conv5 with hole/dilation 2."""
+def vgg_trunk(net: Net, pool_kernel: int = 3, after_pool=None) -> None:
+    """VGG-16 conv1-conv5 as DeepLab modified it: pool4 and pool5 at stride 1, conv5 with hole/dilation 2.
+    `after_pool(name)` adds layers right after pool1-pool4 (MSc's side classifiers)."""
     bottom = "data"
     for stage, (width, convs) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], start=1):
         for index in range(1, convs + 1):
@@ -101,13 +102,13 @@ def vgg_trunk(net: Net, pool_kernel: int = 3) -> None:
         if stage < 5:
             net.pool(f"pool{stage}", bottom, pool_kernel, 2 if stage < 4 else 1, 1)
             bottom = f"pool{stage}"
+            if after_pool:
+                after_pool(bottom)
     net.pool("pool5", bottom, 3, 1, 1)
 
 
-def deeplab_v1_largefov() -> Net:
-    net = Net("DeepLab-LargeFOV", "v1", header("DeepLab-LargeFOV (ICLR'15)", "DeepLab-LargeFOV/test.prototxt"))
-    net.data(513)
-    vgg_trunk(net)
+def largefov_head(net: Net) -> None:
+    """pool5a (3x3 AVE) and the LargeFOV classifier: fc6 3x3 with hole 12, fc7, fc8_voc12."""
     net.pool("pool5a", "pool5", 3, 1, 1, method="AVE")
     net.conv("fc6", "pool5a", 1024, 3, pad=12, dilation=12)
     net.relu("relu6", "fc6")
@@ -116,6 +117,13 @@ def deeplab_v1_largefov() -> Net:
     net.relu("relu7", "fc7")
     net.dropout("drop7", "fc7")
     net.conv("fc8_voc12", "fc7", 21, 1)
+
+
+def deeplab_v1_largefov() -> Net:
+    net = Net("DeepLab-LargeFOV", "v1", header("DeepLab-LargeFOV (ICLR'15)", "DeepLab-LargeFOV/test.prototxt"))
+    net.data(513)
+    vgg_trunk(net)
+    largefov_head(net)
     net.interp("fc8_interp", "fc8_voc12", zoom_factor=8)
     return net
 
@@ -136,26 +144,8 @@ def deeplab_v1_msc_largefov() -> Net:
         net.conv(f"{source}_ms", f"{source}_fc", 21, 1)
 
     side_path("data")
-    bottom = "data"
-    for stage, (width, convs) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], start=1):
-        for index in range(1, convs + 1):
-            name = f"conv{stage}_{index}"
-            net.conv(name, bottom, width, 3, pad=2 if stage == 5 else 1, dilation=2 if stage == 5 else 1)
-            net.relu(f"relu{stage}_{index}", name)
-            bottom = name
-        if stage < 5:
-            net.pool(f"pool{stage}", bottom, 3, 2 if stage < 4 else 1, 1)
-            bottom = f"pool{stage}"
-            side_path(bottom)
-    net.pool("pool5", bottom, 3, 1, 1)
-    net.pool("pool5a", "pool5", 3, 1, 1, method="AVE")
-    net.conv("fc6", "pool5a", 1024, 3, pad=12, dilation=12)
-    net.relu("relu6", "fc6")
-    net.dropout("drop6", "fc6")
-    net.conv("fc7", "fc6", 1024, 1)
-    net.relu("relu7", "fc7")
-    net.dropout("drop7", "fc7")
-    net.conv("fc8_voc12", "fc7", 21, 1)
+    vgg_trunk(net, after_pool=side_path)
+    largefov_head(net)
     for stage, zoom in ((1, 2), (2, 4), (3, 8), (4, 8)):
         net.interp(f"pool{stage}_interp", f"pool{stage}_ms", zoom_factor=zoom)
     net.interp("fc8_interp", "fc8_voc12", zoom_factor=8)

@@ -18,6 +18,10 @@ def _conv_geometry(spec: LayerSpec) -> tuple[list[int], list[int], list[int], li
 
 
 class _ConvBase(LayerConverter):
+    """Convolution and Deconvolution differ only in their size rule, weight layout and module."""
+
+    size_rule = staticmethod(conv_output_size)
+
     def check(self, spec: LayerSpec, ctx: BuildContext) -> list[str]:
         p = spec.param("convolution_param")
         problems = []
@@ -39,22 +43,23 @@ class _ConvBase(LayerConverter):
         p = spec.param("convolution_param")
         return bottoms[0][1], int(p["num_output"]), int(p.get("group", 1))
 
+    def weight_shape(self, cin: int | None, out: int, group: int, kernel: list[int]) -> Shape:
+        raise NotImplementedError
 
-@register("Convolution")
-class ConvolutionConverter(_ConvBase):
+    def module_class(self) -> type:
+        raise NotImplementedError
+
     def output_shapes(self, spec, bottoms, ctx):
         kernel, stride, pad, dilation = _conv_geometry(spec)
         _, out, _ = self._channels(spec, bottoms)
         n, _, h, w = bottoms[0]
-        return [
-            (n, out, conv_output_size(h, kernel[0], pad[0], stride[0], dilation[0]),
-             conv_output_size(w, kernel[1], pad[1], stride[1], dilation[1]))
-        ]
+        return [(n, out, self.size_rule(h, kernel[0], pad[0], stride[0], dilation[0]),
+                 self.size_rule(w, kernel[1], pad[1], stride[1], dilation[1]))]
 
     def blob_shapes(self, spec, bottoms):
         kernel, *_ = _conv_geometry(spec)
         cin, out, group = self._channels(spec, bottoms)
-        shapes: list[Shape] = [(out, None if cin is None else cin // group, kernel[0], kernel[1])]
+        shapes: list[Shape] = [self.weight_shape(cin, out, group, kernel)]
         if param_bool(spec, "convolution_param", "bias_term", True):
             shapes.append((out,))
         return shapes
@@ -64,8 +69,19 @@ class ConvolutionConverter(_ConvBase):
         cin, out, group = self._channels(spec, bottoms)
         if cin is None:
             raise ValueError("the input channel count is unknown; give --input-shape")
-        return CaffeConvolution(cin, out, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation), group,
-                                param_bool(spec, "convolution_param", "bias_term", True))
+        return self.module_class()(cin, out, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation), group,
+                                   param_bool(spec, "convolution_param", "bias_term", True))
+
+
+@register("Convolution")
+class ConvolutionConverter(_ConvBase):
+    """Weights (out, in/group, kh, kw), as torch's."""
+
+    def weight_shape(self, cin, out, group, kernel):
+        return (out, None if cin is None else cin // group, kernel[0], kernel[1])
+
+    def module_class(self):
+        return CaffeConvolution
 
 
 class CaffeConvolution(nn.Conv2d, CaffeLayer):
@@ -76,22 +92,15 @@ class CaffeConvolution(nn.Conv2d, CaffeLayer):
 
 @register("Deconvolution")
 class DeconvolutionConverter(_ConvBase):
-    def output_shapes(self, spec, bottoms, ctx):
-        kernel, stride, pad, dilation = _conv_geometry(spec)
-        _, out, _ = self._channels(spec, bottoms)
-        n, _, h, w = bottoms[0]
-        return [
-            (n, out, deconv_output_size(h, kernel[0], pad[0], stride[0], dilation[0]),
-             deconv_output_size(w, kernel[1], pad[1], stride[1], dilation[1]))
-        ]
+    """Weights (in, out/group, kh, kw), as torch's ConvTranspose2d; output s(in-1) + d(k-1) + 1 - 2p."""
 
-    def blob_shapes(self, spec, bottoms):
-        kernel, *_ = _conv_geometry(spec)
-        cin, out, group = self._channels(spec, bottoms)
-        shapes: list[Shape] = [(cin, out // group, kernel[0], kernel[1])]
-        if param_bool(spec, "convolution_param", "bias_term", True):
-            shapes.append((out,))
-        return shapes
+    size_rule = staticmethod(deconv_output_size)
+
+    def weight_shape(self, cin, out, group, kernel):
+        return (cin, out // group, kernel[0], kernel[1])
+
+    def module_class(self):
+        return CaffeDeconvolution
 
     def window(self, spec):
         return None  # upsampling: handled as a scale change
@@ -99,14 +108,6 @@ class DeconvolutionConverter(_ConvBase):
     def scale_change(self, spec, bottoms, tops):
         _, stride, _, _ = _conv_geometry(spec)
         return float(stride[0])
-
-    def build(self, spec, bottoms, ctx):
-        kernel, stride, pad, dilation = _conv_geometry(spec)
-        cin, out, group = self._channels(spec, bottoms)
-        if cin is None:
-            raise ValueError("the input channel count is unknown; give --input-shape")
-        return CaffeDeconvolution(cin, out, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation), group,
-                                  param_bool(spec, "convolution_param", "bias_term", True))
 
 
 class CaffeDeconvolution(nn.ConvTranspose2d, CaffeLayer):
