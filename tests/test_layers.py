@@ -170,3 +170,15 @@ def test_shared_parameters_load_once_and_stay_tied(tmp_path):
     load_caffemodel_weights(net, tmp_path / "w.caffemodel")
     out = run_net(net, x=np.ones((1, 2, 6, 6)))
     np.testing.assert_array_equal(out["a"], out["b"])
+
+
+def test_legacy_v1_blob_shapes_load_into_inner_product(tmp_path):
+    net = net_from_text(HEAD + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" '
+                        'inner_product_param { num_output: 3 } }')
+    weight = np.arange(3 * 72, dtype=np.float32).reshape(3, 72) / 100
+    bias = np.array([1.0, -1.0, 0.5], np.float32)
+    write_caffemodel(tmp_path / "v1.caffemodel", [WeightsLayer("ip", "InnerProduct", [weight, bias])], dialect="v1")
+    report = load_caffemodel_weights(net, tmp_path / "v1.caffemodel")  # blobs stored as 1x1x3x72 and 1x1x1x3
+    assert report.loaded == ["ip"]
+    x = np.random.default_rng(4).standard_normal((1, 2, 6, 6))
+    np.testing.assert_allclose(run_net(net, x=x)["ip"], x.reshape(1, -1) @ weight.T + bias, rtol=1e-5)
