@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 python3 -m ruff check .
-bash scripts/check_protobuf_versions.sh 2>&1 | grep '^protobuf'
+bash scripts/check_protobuf_versions.sh
 python3 -m pytest -q
