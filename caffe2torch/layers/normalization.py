@@ -74,10 +74,11 @@ class CaffeBatchNorm(CaffeLayer):
             # Caffe's TRAIN behaviour (or use_global_stats: false): statistics of this batch, biased variance.
             mean = x.mean(dim=(0, 2, 3))
             var = x.var(dim=(0, 2, 3), unbiased=False)
-        else:
-            mean, var = batchnorm_statistics(self.mean, self.variance, self.factor)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
+        mean, var = batchnorm_statistics(self.mean, self.variance, self.factor)
+        # (x - mean) / sqrt(var + eps) in one fused pass over the activations
+        return F.batch_norm(x, mean, var, None, None, False, 0.0, self.eps)
 
 
 def _param_shape(spec: LayerSpec, message: str, bottom: Shape) -> tuple[int, Shape]:
@@ -135,10 +136,9 @@ class CaffeScale(CaffeLayer):
 
     def forward(self, x, scale=None):
         scale = self.weight if self.learned else scale
-        y = x * scale.reshape(self.view)
         if self.has_bias:
-            y = y + self.bias.reshape(self.view)
-        return y
+            return torch.addcmul(self.bias.reshape(self.view), x, scale.reshape(self.view))  # one pass
+        return x * scale.reshape(self.view)
 
 
 @register("Bias")
