@@ -56,12 +56,15 @@ def main() -> int:
     x = preprocess(photos["astronaut"], info)
 
     ours = OnnxBackend(onnx_path)  # the runner's session: all graph optimizations, one thread per core
-    plain = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    # onnxruntime's idle threads spin-wait and would slow whichever runner comes next: no spinning anywhere.
+    no_spin = ort.SessionOptions()
+    no_spin.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    plain = ort.InferenceSession(str(onnx_path), no_spin, providers=["CPUExecutionProvider"])
     net, _ = convert(prototxt, caffemodel)
     opencv = cv2.dnn.readNetFromONNX(str(onnx_path))
     runners = {
         "onnxruntime (caffe2torch)": lambda: ours.logits(x),
-        "onnxruntime (defaults)": lambda: plain.run(None, {"data": x}),
+        "onnxruntime (defaults, no spin)": lambda: plain.run(None, {"data": x}),
         "torch eager (caffe2torch)": lambda: net(torch.from_numpy(x)),
         "OpenCV dnn, same ONNX": lambda: (opencv.setInput(x), opencv.forward()),
     }
@@ -80,7 +83,7 @@ def main() -> int:
         if not int8_path.exists():
             calibration = [photos[n] for n in ("astronaut", "coffee", "chelsea", "rocket")]
             quantize_int8(onnx_path, int8_path, net.spec, calibration, info)
-        quantized = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+        quantized = ort.InferenceSession(str(int8_path), no_spin, providers=["CPUExecutionProvider"])
         runners["onnxruntime int8 (caffe2torch)"] = lambda: quantized.run(None, {"data": x})
         held_out = ("immunohistochemistry", "hubble", "camera")
         agreement = [float((ours.logits(preprocess(photos[n], info)).argmax(1)

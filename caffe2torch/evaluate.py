@@ -35,9 +35,10 @@ class Sample:
     label: Path
 
 
-def _read_list(path: Path) -> list[str]:
+def _read_list(path: Path) -> list[list[str]]:
+    """The whitespace-separated fields of each non-empty line."""
     try:
-        return [line.split() for line in path.read_text().splitlines() if line.strip()]  # type: ignore[misc]
+        return [line.split() for line in path.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
         raise CaffeError("no such list file", Location(str(path))) from None
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from caffe2torch.caffemodel import CaffeModel, read_caffemodel
+from caffe2torch.errors import CaffeError, Location
 from caffe2torch.load_weights import LoadReport, load_caffemodel_weights
 from caffe2torch.net import CaffeNet, build_net
 from caffe2torch.netspec import NetSpec, Shape
@@ -101,6 +102,10 @@ def verify_onnx(
             onnx_path = Path(tmp) / "verify.onnx"
             export_onnx(net, onnx_path, wanted)
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        missing = [i.name for i in session.get_inputs() if i.name not in inputs]
+        if missing:
+            raise CaffeError(f"the inputs lack {', '.join(missing)}, which the ONNX model takes",
+                             Location(str(onnx_path)))
         feeds = {i.name: np.ascontiguousarray(inputs[i.name], dtype=np.float32) for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
         ours = dict(zip(outputs, session.run(outputs, feeds)))
