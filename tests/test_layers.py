@@ -182,3 +182,36 @@ def test_legacy_v1_blob_shapes_load_into_inner_product(tmp_path):
     assert report.loaded == ["ip"]
     x = np.random.default_rng(4).standard_normal((1, 2, 6, 6))
     np.testing.assert_allclose(run_net(net, x=x)["ip"], x.reshape(1, -1) @ weight.T + bias, rtol=1e-5)
+
+
+ATTENTION = """input: "x" input_shape { dim: 1 dim: 4 dim: 9 dim: 9 }
+input: "edges" input_shape { dim: 1 dim: 1 dim: 9 dim: 9 }
+input: "data_dim" input_shape { dim: 1 dim: 1 dim: 1 dim: 2 }
+layer { name: "att" type: "Convolution" bottom: "x" top: "att" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "att_soft" type: "Softmax" bottom: "att" top: "att_soft" }
+layer { name: "att_split" type: "Slice" bottom: "att_soft" top: "w0" top: "w1" }
+layer { name: "s0" type: "SpatialProduct" bottom: "x" bottom: "w0" top: "s0" }
+layer { name: "s1" type: "SpatialProduct" bottom: "x" bottom: "w1" top: "s1" }
+layer { name: "fused" type: "Eltwise" bottom: "s0" bottom: "s1" top: "fused" }
+layer { name: "dt" type: "DomainTransform" bottom: "fused" bottom: "edges" bottom: "data_dim" top: "dt"
+        domain_transform_param { num_iter: 2 spatial_sigma: 10 range_sigma: 2 } }
+"""
+
+
+def test_attention_to_scale_and_domain_transform_net(tmp_path):
+    from caffe2torch.errors import UnsupportedError as Unsupported
+    from caffe2torch.onnx_export import export_onnx
+
+    net = net_from_text(ATTENTION)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 4, 9, 9))
+    blobs = run_net(net, x=x, edges=np.zeros((1, 1, 9, 9)), data_dim=np.array([[[[6, 7]]]]))
+    # attention weights sum to one, so the fused blob is x itself
+    np.testing.assert_allclose(blobs["fused"], x, rtol=1e-5, atol=1e-6)
+    # the filter smooths only the 6x7 valid region and leaves the rest as it was
+    np.testing.assert_array_equal(blobs["dt"][..., 6:, :], blobs["fused"][..., 6:, :])
+    np.testing.assert_array_equal(blobs["dt"][..., :, 7:], blobs["fused"][..., :, 7:])
+    assert blobs["dt"][..., :6, :7].std() < blobs["fused"][..., :6, :7].std()
+    with pytest.raises(Unsupported, match="DomainTransform has no ONNX lowering"):
+        export_onnx(net, tmp_path / "dt.onnx", ["dt"])
+    export_onnx(net, tmp_path / "fused.onnx", ["fused"])

@@ -13,6 +13,7 @@ import click
 import numpy as np
 
 from caffe2torch.demo.synthetic import make_scene, write_voc_layout
+from caffe2torch.util import atomic_path
 
 HELD_OUT_SEED, SAMPLES_SEED = 2024, 77
 
@@ -48,8 +49,9 @@ def parity(folder: str) -> None:
         blobs = {k: v.numpy() for k, v in net.run({"data": torch.from_numpy(inputs["data"])}, all_blobs=True).items()}
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "inputs.npz", **inputs)
-    np.savez(out / "blobs.npz", **blobs)
+    for name, arrays in (("inputs.npz", inputs), ("blobs.npz", blobs)):
+        with atomic_path(out / name) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
     click.echo(f"wrote {out / 'inputs.npz'} and {out / 'blobs.npz'} ({len(blobs)} blobs)")
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from caffe2torch.util import atomic_write_text
+
 CLASS_NAMES = ["background", "disc", "box", "triangle", "ring"]
 IGNORE = 255
 
@@ -85,9 +87,7 @@ def make_batch(seed: int, count: int, height: int = 129, width: int = 129) -> tu
 def write_voc_layout(root: str | Path, seed: int, count: int, split: str = "val") -> Path:
     """A held-out set in the PASCAL VOC layout (JPEG-free: PNG images named .jpg would lie, so .png images and
     a list of DeepLab-style path pairs), for deeplab-eval --list."""
-    from PIL import Image
-
-    from caffe2torch.images import write_label_png
+    from caffe2torch.images import write_label_png, write_rgb_png
 
     root = Path(root)
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
@@ -98,9 +98,9 @@ def write_voc_layout(root: str | Path, seed: int, count: int, split: str = "val"
     for index in range(count):
         image, labels = make_scene(rng)
         name = f"synthetic_{index:04d}"
-        Image.fromarray(image).save(root / "JPEGImages" / f"{name}.png")
+        write_rgb_png(root / "JPEGImages" / f"{name}.png", image)
         write_label_png(root / "SegmentationClass" / f"{name}.png", labels)
         lines.append(f"/JPEGImages/{name}.png /SegmentationClass/{name}.png")
     listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-    listing.write_text("\n".join(lines) + "\n")
+    atomic_write_text(listing, "\n".join(lines) + "\n")
     return listing
