@@ -10,7 +10,7 @@ import click
 from tqdm import tqdm
 
 from caffe2torch.cli.common import reports_errors
-from caffe2torch.cli.run import parse_scales
+from caffe2torch.cli.run import default_jobs, parse_scales
 from caffe2torch.crf import PRESET_ALIASES, PRESETS, parse_crf_overrides
 from caffe2torch.crf import crf_preset as preset_params
 from caffe2torch.errors import CaffeError, Location
@@ -36,7 +36,8 @@ from caffe2torch.util import atomic_write_text, file_sha256
 @click.option("--scales", default="1", show_default=True)
 @click.option("--flip", is_flag=True)
 @click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True)
-@click.option("--jobs", type=int, default=1, show_default=True, help="Worker processes for CRF and scoring.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes for CRF and scoring [default: one per core with --crf, else 1].")
 @click.option("--threads", type=int, default=None, help="Threads for the network.")
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -73,6 +74,7 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
                 "scales": list(parse_scales(scales)), "flip": flip, "fuse": fuse,
                 "crf": None if params is None else params.__dict__}
     check_resume(out, settings, resume)
+    jobs = default_jobs(jobs, crf)
     scale_list = parse_scales(scales)
 
     def logits(b, rgb):
