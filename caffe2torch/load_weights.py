@@ -60,6 +60,10 @@ def match_weights(
     for layer in spec.layers:
         expected = expected_by_layer.get(layer.name, [])
         if not expected:
+            source = available.get(layer.name)
+            if source is not None:
+                report.mismatched.append(f"{layer.name} ({layer.type}): the caffemodel has {len(source.blobs)} "
+                                         "blob(s) for a layer that has no parameters here")
             continue
         fully_tied = all((layer.name, i) in ties for i in range(len(expected)))
         source = available.get(layer.name)

@@ -158,6 +158,10 @@ def test_weights_mismatch_lists_missing_unused_and_shapes(tmp_path):
         load_caffemodel_weights(net, tmp_path / "w.caffemodel")
     err = info.value
     assert err.missing == ["c2"] and err.unused == ["other"] and "c1" in err.mismatched[0]
+    net2 = net_from_text(HEAD + 'layer { name: "r" type: "ReLU" bottom: "x" top: "r" }')
+    write_caffemodel(tmp_path / "r.caffemodel", [WeightsLayer("r", "ReLU", [np.zeros(2, np.float32)])])
+    with pytest.raises(WeightsMismatchError, match="has no parameters here"):
+        load_caffemodel_weights(net2, tmp_path / "r.caffemodel")
 
 
 def test_shared_parameters_load_once_and_stay_tied(tmp_path):
