@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -75,6 +76,10 @@ class WeightsMismatchError(CaffeModelError):
             parts.append("caffemodel layers the net does not use: " + ", ".join(unused))
         if mismatched:
             parts.append("shape mismatches:\n    " + "\n    ".join(mismatched))
+        placeholders = sorted({m for name in missing for m in re.findall(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", name)})
+        if placeholders:
+            parts.append(f"hint: layer names still hold {', '.join(placeholders)}; give it with --define, e.g. "
+                         f"--define {placeholders[0][2:-1]}=voc12 for the released DeepLab models")
         where = f"{source}: " if source else ""
         CaffeError.__init__(self, where + "weights do not match the net:\n  " + "\n  ".join(parts))
 

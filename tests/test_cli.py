@@ -148,3 +148,16 @@ def test_verify_a_given_onnx_model(tmp_path):
                              folder / "inputs.npz", "--reference", folder / "blobs.npz", "--onnx", out / "model.onnx"])
     assert result.exit_code == 0, result.output
     assert "fc8_interp" in result.output and "2/2 blobs" in result.output  # the input and the ONNX output
+
+
+def test_placeholder_in_layer_names_gets_a_hint(tmp_path):
+    prototxt = tmp_path / "net.prototxt"
+    prototxt.write_text(NET.replace('name: "score" type: "Convolution" bottom: "pool" top: "score"',
+                                    'name: "fc8_${EXP}" type: "Convolution" bottom: "pool" top: "score"'))
+    caffemodel = tmp_path / "net.caffemodel"
+    write_random_weights(net_from_text(NET.replace('"score" type: "Convolution"', '"fc8_voc12" type: "Convolution"')),
+                         caffemodel)
+    result = invoke(convert, [prototxt, caffemodel, "-o", tmp_path / "out"])
+    assert result.exit_code == 2 and "--define EXP=voc12" in result.output
+    fixed = invoke(convert, [prototxt, caffemodel, "-o", tmp_path / "out", "--define", "EXP=voc12", "--no-onnx"])
+    assert fixed.exit_code == 0, fixed.output
