@@ -68,6 +68,7 @@ def test_info_on_corpus_with_define():
         (lambda t: t.replace("dilation: 2", "hole: 2"), "tiny.prototxt:5:"),
         (lambda t: t + 'layer { name: "x" type: "Mystery" bottom: "up" top: "x" }\n', "unknown or unsupported"),
         (lambda t: t.replace('bottom: "pool"', 'bottom: "nothing"'), "produced by no layer"),
+        (lambda t: t.replace('bottom: "conv" top: "pool"', 'bottom: "up" top: "pool"'), "only by a later layer"),
         (lambda t: t.replace("num_output: 21", "num_output: ${N}"), "${N}"),
         (lambda t: t[:200], "tiny.prototxt"),
     ],
