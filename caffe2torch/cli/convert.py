@@ -50,7 +50,14 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     """Convert PROTOTXT + CAFFEMODEL (or a known model's bundled definition + CAFFEMODEL with --model ID) into
     OUTDIR/model.safetensors, a file that caffe2torch.load() turns back
     into a ready torch module without pickle, prototxt or caffemodel, and OUTDIR/model.onnx for onnxruntime
-    (deeplab-run --onnx), which carries its preprocessing, class names and CRF preset as metadata."""
+    (deeplab-run --onnx), which carries its preprocessing, class names and CRF preset as metadata.
+
+    \b
+    Examples:
+      deeplab-convert test.prototxt train_iter_20000.caffemodel --define NUM_LABELS=21 --define EXP=voc12
+      deeplab-convert --model deeplab-v2-resnet101-msc train_iter_20000.caffemodel -o resnet
+      deeplab-convert net.prototxt net.caffemodel --inputs inputs.npz --reference blobs.npz --int8 photos/
+    """
     if bool(inputs) != bool(reference):
         raise click.UsageError("--inputs and --reference go together")
     if model_id:

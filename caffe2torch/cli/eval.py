@@ -48,7 +48,13 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
          scales, flip, fuse, jobs, threads, limit, resume, outdir):
     """Score a model (mIoU, per-class IoU, pixel accuracy, mean class accuracy, frequency-weighted IoU) on
     PASCAL VOC 2012 with one dataset-level confusion matrix, label 255 ignored; with --crf, with and without
-    the dense CRF in one pass. Writes RESULTS/results.json, report.md, predictions/ and a few overlays/."""
+    the dense CRF in one pass. Writes RESULTS/results.json, report.md, predictions/ and a few overlays/.
+
+    \b
+    Examples:
+      deeplab-eval --onnx resnet/model.onnx --voc-root VOCdevkit/VOC2012 --split val --crf -o results
+      deeplab-eval --predictions caffe_labels/ --voc-root VOCdevkit/VOC2012 --split val
+    """
     if sum(bool(x) for x in (onnx_path, artifact, predictions)) != 1:
         raise click.UsageError("give exactly one of --onnx, --model or --predictions")
     samples = voc_samples(voc_root, split, list_file, label_dir)[:limit]

@@ -70,7 +70,14 @@ def describe_caffemodel(model, as_json: bool) -> None:
 def main(prototxt, caffemodel, defines, phase, input_shapes, as_json):
     """Show a Caffe net's dialect, layers, shapes, parameters and receptive fields; with CAFFEMODEL, check
     that its weights match the net and say which known DeepLab model they are. A caffemodel alone (as the
-    only argument) is listed layer by layer and recognised."""
+    only argument) is listed layer by layer and recognised.
+
+    \b
+    Examples:
+      deeplab-info test.prototxt --define NUM_LABELS=21 --define EXP=voc12
+      deeplab-info test.prototxt train_iter_20000.caffemodel --define NUM_LABELS=21 --define EXP=voc12
+      deeplab-info train_iter_20000.caffemodel
+    """
     if caffemodel is None and looks_binary(prototxt):
         describe_caffemodel(read_caffemodel(prototxt), as_json)
         return

@@ -63,7 +63,14 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, scale
          jobs, threads):
     """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
     PNG), <name>_overlay.png and, with --save-probs, the class probabilities. A bad image is reported and
-    skipped; the exit status is 1 if any image failed."""
+    skipped; the exit status is 1 if any image failed.
+
+    \b
+    Examples:
+      deeplab-run --onnx converted/model.onnx photos/ -o segmentations
+      deeplab-run --onnx converted/model.onnx img.jpg --crf --crf-preset v2 --save-probs
+      deeplab-run --model converted/model.safetensors photos/ --scales 0.5,0.75,1 --flip
+    """
     if bool(onnx_path) == bool(artifact):
         raise click.UsageError("give exactly one of --onnx MODEL.onnx or --model ARTIFACT")
     scale_list = parse_scales(scales)

@@ -29,7 +29,13 @@ from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
 @reports_errors
 def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, tol, defines, phase, input_shapes):
     """Run the converted net on INPUTS and compare every blob present in REFERENCE. Prints one row per blob
-    and names the first blob that diverges, in execution order. Exit status 0 only if all blobs pass."""
+    and names the first blob that diverges, in execution order. Exit status 0 only if all blobs pass.
+
+    \b
+    Examples:
+      deeplab-verify net.prototxt weights.caffemodel --inputs inputs.npz --reference blobs.npz
+      deeplab-verify net.prototxt weights.caffemodel --inputs inputs.npz --reference blobs.npz --backend onnx
+    """
     arrays = load_npz(inputs, "inputs")
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
     set_input_shapes(spec, input_shapes_of(arrays))
