@@ -6,7 +6,6 @@ NetSpec by our own registry. Parameters shared between layers are stored once, u
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -83,9 +82,3 @@ def load(path: str | Path) -> CaffeNet:
     net.load_state_dict(state, strict=False)
     return net
 
-
-def artifact_info(path: str | Path) -> dict[str, object]:
-    metadata = read_metadata(path)
-    spec = json.loads(metadata["netspec"])
-    return {"name": spec["name"], "dialect": spec["dialect"], "layers": len(spec["layers"]),
-            "converter_version": metadata.get("converter_version")}

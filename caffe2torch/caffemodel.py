@@ -89,9 +89,6 @@ class CaffeModel:
     def with_blobs(self) -> list[CaffeModelLayer]:
         return [layer for layer in self.layers if layer.blobs]
 
-    def nbytes(self) -> int:
-        return sum(b.nbytes for layer in self.layers for b in layer.blobs)
-
 
 class _Reader:
     """Protobuf wire-format walker over a buffer, with bounds checks that name what was being read."""

@@ -213,17 +213,22 @@ def _write_model(model, tensors: Mapping[str, torch.Tensor], net_inputs: set[str
                 tensor.numpy()).cast("B"))
 
 
+def decode_metadata(props: Mapping[str, str]) -> dict[str, object]:
+    """The caffe2torch.* entries of an ONNX model's metadata_props, JSON values decoded."""
+    out: dict[str, object] = {}
+    for key, value in props.items():
+        if key.startswith(METADATA_PREFIX):
+            try:
+                out[key[len(METADATA_PREFIX):]] = json.loads(value)
+            except ValueError:
+                out[key[len(METADATA_PREFIX):]] = value
+    return out
+
+
 def read_onnx_metadata(path: str | Path) -> dict[str, object]:
-    """The caffe2torch.* metadata of an exported model, JSON values decoded."""
+    """The caffe2torch.* metadata of an exported model file (loads the model; a running onnxruntime session
+    has the same map in session.get_modelmeta().custom_metadata_map)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    out: dict[str, object] = {}
-    for entry in model.metadata_props:
-        if entry.key.startswith(METADATA_PREFIX):
-            key = entry.key[len(METADATA_PREFIX):]
-            try:
-                out[key] = json.loads(entry.value)
-            except ValueError:
-                out[key] = entry.value
-    return out
+    return decode_metadata({entry.key: entry.value for entry in model.metadata_props})

@@ -103,7 +103,7 @@ class OnnxBackend:
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
 
-        from caffe2torch.onnx_export import read_onnx_metadata
+        from caffe2torch.onnx_export import decode_metadata
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -115,7 +115,7 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CaffeError(f"cannot load the ONNX model: {exc}", Location(str(path))) from None
-        meta = read_onnx_metadata(path)
+        meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)  # no second parse of the file
         self.info = ModelInfo.from_metadata(meta)
         names = [o.name for o in self.session.get_outputs()]
         if self.info.output_name not in names:

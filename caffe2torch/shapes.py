@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from caffe2torch.caffe_math import receptive_field_step
 from caffe2torch.errors import Location, NetDefinitionError, UnsupportedError
 from caffe2torch.layers import BuildContext, get_converter
 from caffe2torch.layers.registry import count
@@ -113,7 +114,7 @@ def _grow_field(converter, layer, bottoms, tops, fields) -> tuple[float, float]:
     if window is not None:
         (kernel, _), (stride, _), (dilation, _) = window
         if kernel is not None:
-            rf, jump = rf + dilation * (kernel - 1) * jump, jump * stride
+            rf, jump = receptive_field_step(rf, jump, kernel, stride, dilation)
     else:
         change = converter.scale_change(layer, bottoms, tops)
         if change:

@@ -406,7 +406,7 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
     return [data, (batch,)][: len(tops)] + [(None,)] * max(0, len(tops) - 2)
 
 
-def _parse_input_overrides(overrides: dict[str, Shape] | None, names: list[str], source: str | None) -> None:
+def _check_input_overrides(overrides: dict[str, Shape] | None, names: list[str], source: str | None) -> None:
     for name in overrides or {}:
         if name not in names:
             raise NetDefinitionError(
@@ -472,7 +472,7 @@ def upgrade_net(
         )
 
     names = spec.input_names()
-    _parse_input_overrides(input_shapes, names, net.source)
+    _check_input_overrides(input_shapes, names, net.source)
     for inp in spec.inputs:
         if input_shapes and inp.name in input_shapes:
             inp.shape = tuple(input_shapes[inp.name])

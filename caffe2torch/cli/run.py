@@ -11,7 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 from caffe2torch.cli.common import reports_errors
-from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, crf_preset, parse_crf_overrides
+from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, parse_crf_overrides
+from caffe2torch.crf import crf_preset as preset_params
 from caffe2torch.errors import CaffeError
 from caffe2torch.images import list_images, overlay, read_image, write_label_png, write_rgb_png
 from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, postprocess
@@ -79,7 +80,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, scale
     params = None
     if crf or crf_preset or crf_params:
         try:
-            params = parse_crf_overrides(crf_preset_or_default(crf_preset, backend.info.crf_preset), crf_params)
+            params = parse_crf_overrides(preset_params(crf_preset or backend.info.crf_preset), crf_params)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--crf-preset/--crf-params") from None
     paths = list_images(list(images))
@@ -128,10 +129,6 @@ def default_jobs(jobs: int | None, crf: bool) -> int:
     if jobs is not None:
         return jobs
     return (os.cpu_count() or 1) if crf else 1
-
-
-def crf_preset_or_default(name: str | None, model_default: str) -> CRFParams:
-    return crf_preset(name or model_default)
 
 
 def describe(params: CRFParams) -> str:

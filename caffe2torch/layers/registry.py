@@ -101,10 +101,6 @@ def get_converter(layer_type: str) -> LayerConverter | None:
     return REGISTRY.get(layer_type) or REGISTRY.get(V1_LAYER_TYPES.get(layer_type, ""))
 
 
-def supported_types() -> list[str]:
-    return sorted(REGISTRY)
-
-
 def param_bool(spec: LayerSpec, message: str, key: str, default: bool) -> bool:
     return bool(spec.param(message).get(key, default))
 
