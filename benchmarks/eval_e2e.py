@@ -1,7 +1,7 @@
 """End to end: images/s of deeplab-eval (the real command, as a subprocess) on a generated VOC-layout set of
 500x375 scenes with full-size DeepLab-LargeFOV (random weights), without and with the dense CRF.
 
-    python benchmarks/eval_e2e.py [--images 16]
+    python benchmarks/eval_e2e.py [--images 24]
 """
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ def make_dataset(root: Path, count: int) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/c2t-bench"))
     args = parser.parse_args()
     _, _, onnx_path = prepared_model("largefov", args.workdir)
     voc = make_dataset(args.workdir / "voc_e2e", args.images)
     print(f"machine: {machine()}")
     print(f"deeplab-eval, {args.images} generated 500x375 images, full-size DeepLab-LargeFOV (ONNX, float)")
-    for label, extra in (("no CRF", []), ("CRF, --jobs 1", ["--crf"]), ("CRF, --jobs 2", ["--crf", "--jobs", "2"])):
+    configurations = {"no CRF": [], "CRF, --jobs 1": ["--crf", "--jobs", "1"],
+                      "CRF, --jobs 2": ["--crf", "--jobs", "2"]}
+    for label, extra in configurations.items():
         out = args.workdir / "eval_e2e_results"
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
