@@ -64,3 +64,16 @@ def test_worker_pool_runs_single_threaded_workers_with_bit_identical_crf():
     assert os.getpid() not in {pid for _, pid in environments}
     for score, image, result in zip(scores, images, parallel):
         assert np.array_equal(result, dense_crf(score, image, crf_preset("v2")))
+
+
+def test_cli_defaults_split_the_cores_between_the_net_and_the_crf_workers(monkeypatch):
+    from caffe2torch.cli.run import default_jobs, default_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert default_jobs(None, crf=True) == 16 and default_jobs(None, crf=False) == 1 and default_jobs(3, True) == 3
+    assert default_threads(None, jobs=16, crf=True) == 8  # CRF workers beside the net: half the cores
+    assert default_threads(None, jobs=1, crf=True) == 16  # the CRF runs after the net, in the same process
+    assert default_threads(None, jobs=4, crf=False) == 16  # workers only write files
+    assert default_threads(5, jobs=16, crf=True) == 5
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert default_threads(None, jobs=2, crf=True) == 1

@@ -10,7 +10,7 @@ import click
 from tqdm import tqdm
 
 from caffe2torch.cli.common import reports_errors
-from caffe2torch.cli.run import default_jobs, parse_scales
+from caffe2torch.cli.run import default_jobs, default_threads, parse_scales
 from caffe2torch.crf import PRESET_ALIASES, PRESETS, parse_crf_overrides
 from caffe2torch.crf import crf_preset as preset_params
 from caffe2torch.errors import CaffeError, Location
@@ -38,7 +38,8 @@ from caffe2torch.util import atomic_write_text, file_sha256
 @click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes for CRF and scoring [default: one per core with --crf, else 1].")
-@click.option("--threads", type=int, default=None, help="Threads for the network.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for the network [default: all cores; half of them beside CRF workers].")
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse the predictions of an interrupted run in the results folder.")
@@ -67,6 +68,8 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
         header = {"model": f"predictions in {predictions}", "dataset": dataset}
         report(out, result, list(VOC_CLASSES), header, None)
         return
+    jobs = default_jobs(jobs, crf)
+    threads = default_threads(threads, jobs, crf)
     backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
     class_names = list(backend.info.class_names)
     params = None
@@ -80,7 +83,6 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
                 "scales": list(parse_scales(scales)), "flip": flip, "fuse": fuse,
                 "crf": None if params is None else params.__dict__}
     check_resume(out, settings, resume)
-    jobs = default_jobs(jobs, crf)
     scale_list = parse_scales(scales)
 
     def logits(b, rgb):
