@@ -40,32 +40,98 @@ class CRFParams:
         return problems
 
 
-def dense_crf(scores: np.ndarray, image: np.ndarray | None, params: CRFParams) -> np.ndarray:
-    """Mean-field inference. scores: (C, H, W) logits; image: (3, H, W) colours in the order the features
-    should use, or None for positional kernels only. Returns Q, (C, H, W) float32 probabilities."""
-    import pydensecrf.densecrf as dcrf
-
-    labels, height, width = scores.shape
+def kernel_features(height: int, width: int, image: np.ndarray | None,
+                    params: CRFParams) -> list[tuple[np.ndarray, float]]:
+    """(features (d, H*W) float32, weight) of each pairwise kernel: positional (x, y) / pos_xy_std, then
+    bilateral (x, y) / bi_xy_std with the colours / bi_rgb_std."""
     pixels = height * width
-    if pixels == 0 or labels == 0:
-        raise ValueError(f"dense_crf needs a non-empty score map, got {scores.shape}")
-    if image is not None and tuple(image.shape[1:]) != (height, width):
-        raise ValueError(f"image {tuple(image.shape)} does not match scores {tuple(scores.shape)}")
-    crf = dcrf.DenseCRF(pixels, labels)
-    crf.setUnaryEnergy(np.ascontiguousarray(-scores.reshape(labels, pixels), dtype=np.float32))
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    kernels = []
     for std, weight in zip(params.pos_xy_std, params.pos_w):
         features = np.stack([xs / std, ys / std]).reshape(2, pixels)
-        crf.addPairwiseEnergy(np.ascontiguousarray(features, dtype=np.float32), compat=float(weight),
-                              kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_AFTER)
+        kernels.append((np.ascontiguousarray(features, dtype=np.float32), float(weight)))
     if image is not None:
         colours = np.asarray(image, dtype=np.float32)
         for xy_std, rgb_std, weight in zip(params.bi_xy_std, params.bi_rgb_std, params.bi_w):
             features = np.concatenate([np.stack([xs / xy_std, ys / xy_std]), colours / rgb_std]).reshape(5, pixels)
-            crf.addPairwiseEnergy(np.ascontiguousarray(features, dtype=np.float32), compat=float(weight),
-                                  kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_AFTER)
+            kernels.append((np.ascontiguousarray(features, dtype=np.float32), float(weight)))
+    return kernels
+
+
+def _check_inputs(scores: np.ndarray, image: np.ndarray | None) -> None:
+    if scores.ndim != 3 or scores.size == 0:
+        raise ValueError(f"dense_crf needs a non-empty (C, H, W) score map, got {scores.shape}")
+    if image is not None and tuple(image.shape[1:]) != tuple(scores.shape[1:]):
+        raise ValueError(f"image {tuple(image.shape)} does not match scores {tuple(scores.shape)}")
+
+
+def dense_crf(scores: np.ndarray, image: np.ndarray | None, params: CRFParams) -> np.ndarray:
+    """Mean-field inference with pydensecrf. scores: (C, H, W) logits; image: (3, H, W) colours in the order
+    the features should use, or None for positional kernels only. Returns Q, (C, H, W) float32."""
+    import pydensecrf.densecrf as dcrf
+
+    _check_inputs(scores, image)
+    labels, height, width = scores.shape
+    crf = dcrf.DenseCRF(height * width, labels)
+    crf.setUnaryEnergy(np.ascontiguousarray(-scores.reshape(labels, -1), dtype=np.float32))
+    for features, weight in kernel_features(height, width, image, params):
+        crf.addPairwiseEnergy(features, compat=weight, kernel=dcrf.DIAG_KERNEL,
+                              normalization=dcrf.NORMALIZE_AFTER)
     q = crf.inference(params.max_iter)
     return np.asarray(q, dtype=np.float32).reshape(labels, height, width)
+
+
+def dense_crf_torch(scores: np.ndarray, image: np.ndarray | None, params: CRFParams,
+                    device: str | None = None) -> np.ndarray:
+    """The same mean-field inference in torch on any device (caffe2torch.permutohedral): Q = softmax(scores +
+    sum_k w_k * norm_k * filter_k(Q)), norm_k = 1 / filter_k(1) (pydensecrf's NORMALIZE_AFTER), Potts.
+    Agrees with `dense_crf` to float rounding, not bit for bit (summation order); meant for GPUs, where it
+    runs all the filtering on the device."""
+    import torch
+
+    from caffe2torch.permutohedral import PermutohedralLattice
+
+    _check_inputs(scores, image)
+    labels, height, width = scores.shape
+    device = torch.device(device or "cpu")
+    with torch.no_grad():
+        logits = torch.as_tensor(np.ascontiguousarray(scores, dtype=np.float32), device=device)
+        logits = logits.reshape(labels, -1).T.contiguous()
+        kernels = []
+        for features, weight in kernel_features(height, width, image, params):
+            lattice = PermutohedralLattice(torch.as_tensor(features.T, device=device))
+            norm = 1.0 / (lattice.filter(torch.ones(height * width, 1, device=device)) + 1e-20)
+            kernels.append((lattice, weight * norm))
+        q = torch.softmax(logits, 1)
+        for _ in range(params.max_iter):
+            energy = logits.clone()
+            for lattice, scaled_norm in kernels:
+                energy += scaled_norm * lattice.filter(q)
+            q = torch.softmax(energy, 1)
+        return q.T.reshape(labels, height, width).cpu().numpy()
+
+
+def crf_probabilities(scores: np.ndarray, image: np.ndarray | None, params: CRFParams,
+                      device: str | None = None) -> np.ndarray:
+    """pydensecrf (`device` None: DeepLab's own code, the reference) or the torch CRF on `device`."""
+    if device is None:
+        return dense_crf(scores, image, params)
+    return dense_crf_torch(scores, image, params, device)
+
+
+def check_crf_device(device: str) -> str:
+    """A torch device the CRF can run on, or ValueError saying why not."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"'{device}' is not a torch device ({exc})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"'{device}': this torch build or machine has no CUDA device")
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"'{device}': the CRF runs on cpu or cuda")
+    return device
 
 
 # Published DeepLab CRF settings (../shared/docs/published-numbers.md); status V = confirmed in a source,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from caffe2torch.crf import CRFParams, dense_crf
+from caffe2torch.crf import CRFParams, crf_probabilities
 from caffe2torch.errors import CaffeError, Location
 from caffe2torch.images import overlay, read_image, write_label_png, write_rgb_png
 from caffe2torch.metrics import Scores, confusion_matrix, scores_from_confusion
@@ -109,7 +109,8 @@ def score_prediction(sample: Sample, prediction: np.ndarray, num_classes: int) -
 
 
 def finish_sample(sample: Sample, logits: np.ndarray | None, rgb: np.ndarray | None, crf: CRFParams | None,
-                  out: str, num_classes: int, variants: tuple[str, ...]) -> dict[str, np.ndarray]:
+                  out: str, num_classes: int, variants: tuple[str, ...],
+                  crf_device: str | None = None) -> dict[str, np.ndarray]:
     """Labels for each variant (computed from logits, or read back from a finished run), written atomically,
     then scored against the ground truth. Runs in a worker process with --jobs."""
     matrices = {}
@@ -119,7 +120,7 @@ def finish_sample(sample: Sample, logits: np.ndarray | None, rgb: np.ndarray | N
             prediction = read_label(path)
         else:
             if variant == "crf":
-                probabilities = dense_crf(logits, rgb.transpose(2, 0, 1), crf)
+                probabilities = crf_probabilities(logits, rgb.transpose(2, 0, 1), crf, crf_device)
             else:
                 probabilities = softmax(logits)
             prediction = probabilities.argmax(axis=0).astype(np.uint8)
@@ -147,6 +148,7 @@ def evaluate_model(
     resume: bool = True,
     overlays: int = 5,
     progress: Callable[[Iterable], Iterable] = lambda x: x,
+    crf_device: str | None = None,
 ) -> EvalResult:
     """Run the model on every sample and score it, with and without CRF when `crf` is given."""
     from caffe2torch.runner import image_logits
@@ -175,13 +177,13 @@ def evaluate_model(
         if pool is None:
             future: futures.Future = futures.Future()
             try:
-                future.set_result(finish_sample(sample, *args, str(out), num_classes, variants))
+                future.set_result(finish_sample(sample, *args, str(out), num_classes, variants, crf_device))
             except Exception as exc:  # noqa: BLE001
                 future.set_exception(exc)
             pending[future] = sample
             collect([future])
             return
-        pending[pool.submit(finish_sample, sample, *args, str(out), num_classes, variants)] = sample
+        pending[pool.submit(finish_sample, sample, *args, str(out), num_classes, variants, crf_device)] = sample
         if len(pending) >= 2 * jobs:
             collect(futures.wait(pending, return_when=futures.FIRST_COMPLETED).done)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caffe2torch.crf import CRFParams, dense_crf
+from caffe2torch.crf import CRFParams, crf_probabilities
 from caffe2torch.errors import CaffeError, Location
 from caffe2torch.images import VOC_CLASSES, resize_rgb
 from caffe2torch.netspec import NetSpec
@@ -189,11 +189,12 @@ class Segmentation:
     probabilities: np.ndarray
 
 
-def postprocess(logits: np.ndarray, rgb: np.ndarray, crf: CRFParams | None) -> Segmentation:
+def postprocess(logits: np.ndarray, rgb: np.ndarray, crf: CRFParams | None,
+                crf_device: str | None = None) -> Segmentation:
     """Labels (and probabilities) from logits, through the dense CRF when `crf` is given (offline DeepLab
-    pipeline: RGB image colours, unary -logits)."""
+    pipeline: RGB image colours, unary -logits); pydensecrf, or the torch CRF on `crf_device`."""
     if crf is not None:
-        probabilities = dense_crf(logits, rgb.transpose(2, 0, 1), crf)
+        probabilities = crf_probabilities(logits, rgb.transpose(2, 0, 1), crf, crf_device)
     else:
         probabilities = softmax(logits.astype(np.float32))
     return Segmentation(probabilities.argmax(axis=0).astype(np.uint8), probabilities)

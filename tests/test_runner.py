@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -116,3 +117,16 @@ def test_run_usage_errors(onnx_model, photos):
     assert result.exit_code == 2 and "exactly one of" in result.output
     result = CliRunner().invoke(run.main, ["--onnx", str(onnx_model / "model.onnx"), str(photos), "--scales", "x"])
     assert result.exit_code == 2
+
+
+def test_run_crf_device_matches_pydensecrf(onnx_model, photos, tmp_path):
+    images = [str(photos / "chelsea.png")]
+    model = ["--onnx", str(onnx_model / "model.onnx")]
+    a = CliRunner().invoke(run.main, [*model, *images, "-o", str(tmp_path / "a"), "--crf", "--jobs", "1"])
+    b = CliRunner().invoke(run.main, [*model, *images, "-o", str(tmp_path / "b"), "--crf-device", "cpu"])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    la, lb = (np.asarray(Image.open(tmp_path / x / "chelsea.png")) for x in ("a", "b"))
+    assert (la == lb).mean() >= 0.995
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(run.main, [*model, *images, "--crf-device", "cuda"])
+        assert result.exit_code == 2 and "no CUDA device" in result.output

@@ -81,3 +81,20 @@ def reports_errors(func: Callable) -> Callable:
 def echo_notes(notes: list[str]) -> None:
     for note in notes:
         click.echo(f"note: {note}", err=True)
+
+
+def _crf_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from caffe2torch.crf import check_crf_device
+
+    if value is None:
+        return None
+    try:
+        return check_crf_device(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+crf_device_option = click.option(
+    "--crf-device", default=None, metavar="DEVICE", callback=_crf_device,
+    help="Run the dense CRF in torch on this device (cuda, cuda:1, cpu) instead of pydensecrf, in this process; "
+         "it agrees with pydensecrf to float rounding (see docs/benchmarks.md).")

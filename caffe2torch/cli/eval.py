@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from caffe2torch.cli.common import reports_errors
+from caffe2torch.cli.common import crf_device_option, reports_errors
 from caffe2torch.cli.run import default_jobs, default_threads, parse_scales
 from caffe2torch.crf import PRESET_ALIASES, PRESETS, parse_crf_overrides
 from caffe2torch.crf import crf_preset as preset_params
@@ -33,6 +33,7 @@ from caffe2torch.util import atomic_write_text, file_sha256
 @click.option("--crf/--no-crf", default=False, show_default=True, help="Also score with the dense CRF (same pass).")
 @click.option("--crf-preset", default=None, metavar="NAME", help=f"{', '.join([*PRESET_ALIASES, *PRESETS])}")
 @click.option("--crf-params", default="", metavar="K=V,...", help="Override CRF settings.")
+@crf_device_option
 @click.option("--scales", default="1", show_default=True)
 @click.option("--flip", is_flag=True)
 @click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True)
@@ -46,7 +47,7 @@ from caffe2torch.util import atomic_write_text, file_sha256
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="results", show_default=True)
 @reports_errors
 def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir, crf, crf_preset, crf_params,
-         scales, flip, fuse, jobs, threads, limit, resume, outdir):
+         crf_device, scales, flip, fuse, jobs, threads, limit, resume, outdir):
     """Score a model (mIoU, per-class IoU, pixel accuracy, mean class accuracy, frequency-weighted IoU) on
     PASCAL VOC 2012 with one dataset-level confusion matrix, label 255 ignored; with --crf, with and without
     the dense CRF in one pass. Writes RESULTS/results.json, report.md, predictions/ and a few overlays/.
@@ -68,8 +69,9 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
         header = {"model": f"predictions in {predictions}", "dataset": dataset}
         report(out, result, list(VOC_CLASSES), header, None)
         return
-    jobs = default_jobs(jobs, crf)
-    threads = default_threads(threads, jobs, crf)
+    crf = crf or bool(crf_device)
+    jobs = default_jobs(jobs, crf and crf_device is None)
+    threads = default_threads(threads, jobs, crf and crf_device is None)
     backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
     class_names = list(backend.info.class_names)
     params = None
@@ -82,6 +84,8 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     settings = {"model": str(model_file), "model_sha256": file_sha256(model_file), "dataset": dataset,
                 "scales": list(parse_scales(scales)), "flip": flip, "fuse": fuse,
                 "crf": None if params is None else params.__dict__}
+    if crf_device:  # the torch CRF agrees with pydensecrf to float rounding, not bit for bit: no mixing
+        settings["crf_device"] = crf_device
     check_resume(out, settings, resume)
     scale_list = parse_scales(scales)
 
@@ -92,7 +96,7 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
         return tqdm(items, desc="evaluating", unit="image", disable=None)
 
     result = evaluate_model(backend, samples, out, len(class_names), params, logits, jobs, resume,
-                            progress=progress)
+                            progress=progress, crf_device=crf_device)
     header = {"model": str(model_file), "dataset": dataset, "settings": settings}
     report(out, result, class_names, header, backend.info)
 

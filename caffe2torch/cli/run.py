@@ -10,7 +10,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from caffe2torch.cli.common import reports_errors
+from caffe2torch.cli.common import crf_device_option, reports_errors
 from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, parse_crf_overrides
 from caffe2torch.crf import crf_preset as preset_params
 from caffe2torch.errors import CaffeError
@@ -20,9 +20,9 @@ from caffe2torch.util import atomic_path, worker_pool
 
 
 def finish_image(stem: str, rgb: np.ndarray, logits: np.ndarray, crf: CRFParams | None, outdir: str,
-                 save_probs: bool) -> str:
+                 save_probs: bool, crf_device: str | None = None) -> str:
     """CRF (optional), labels, and the output files of one image; runs in a worker process with --jobs."""
-    result = postprocess(logits, rgb, crf)
+    result = postprocess(logits, rgb, crf, crf_device)
     out = Path(outdir)
     write_label_png(out / f"{stem}.png", result.labels)
     write_rgb_png(out / f"{stem}_overlay.png", overlay(rgb, result.labels))
@@ -51,6 +51,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
 @click.option("--crf-preset", default=None, metavar="NAME",
               help=f"CRF settings: {', '.join([*PRESET_ALIASES, *PRESETS])} (default: the model's own).")
 @click.option("--crf-params", default="", metavar="K=V,...", help="Override CRF settings, e.g. bi_w=4,bi_xy_std=67.")
+@crf_device_option
 @click.option("--scales", default="1", show_default=True, help="Test scales, e.g. 0.5,0.75,1.")
 @click.option("--flip", is_flag=True, help="Also run the horizontally flipped image.")
 @click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True,
@@ -61,8 +62,8 @@ def parse_scales(text: str) -> tuple[float, ...]:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for the network [default: all cores; half of them beside CRF workers].")
 @reports_errors
-def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, scales, flip, fuse, save_probs,
-         jobs, threads):
+def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_device, scales, flip, fuse,
+         save_probs, jobs, threads):
     """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
     PNG), <name>_overlay.png and, with --save-probs, the class probabilities. A bad image is reported and
     skipped; the exit status is 1 if any image failed.
@@ -72,13 +73,14 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, scale
       deeplab-run --onnx converted/model.onnx photos/ -o segmentations
       deeplab-run --onnx converted/model.onnx img.jpg --crf --crf-preset v2 --save-probs
       deeplab-run --model converted/model.safetensors photos/ --scales 0.5,0.75,1 --flip
+      deeplab-run --onnx converted/model.onnx photos/ --crf --crf-device cuda
     """
     if bool(onnx_path) == bool(artifact):
         raise click.UsageError("give exactly one of --onnx MODEL.onnx or --model ARTIFACT")
     scale_list = parse_scales(scales)
-    use_crf = crf or bool(crf_preset or crf_params)
-    jobs = default_jobs(jobs, use_crf)
-    threads = default_threads(threads, jobs, use_crf)
+    use_crf = crf or bool(crf_preset or crf_params or crf_device)
+    jobs = default_jobs(jobs, use_crf and crf_device is None)
+    threads = default_threads(threads, jobs, use_crf and crf_device is None)
     backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
     params = None
     if use_crf:
@@ -105,9 +107,9 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, scale
                 continue
             stem = unique_stem(path, stems)
             if pool is None:
-                finish_image(stem, rgb, logits, params, outdir, save_probs)
+                finish_image(stem, rgb, logits, params, outdir, save_probs, crf_device)
             else:
-                pending[pool.submit(finish_image, stem, rgb, logits, params, outdir, save_probs)] = path
+                pending[pool.submit(finish_image, stem, rgb, logits, params, outdir, save_probs, crf_device)] = path
                 if len(pending) >= 2 * jobs:  # keep memory bounded: wait for the oldest results
                     done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
                     collect(done, pending, failed)
