@@ -153,3 +153,17 @@ def test_unreadable_image_is_counted_and_skipped(voc, tmp_path):
                                                 "-o", str(tmp_path / "r"), "--jobs", "2", "--crf"])
     assert result.exit_code == 0, result.output
     assert "2 image(s) scored, 1 skipped" in result.output
+
+
+def test_resume_refuses_a_folder_of_other_settings_either_way(tmp_path):
+    from caffe2torch.cli.eval import check_resume
+    from caffe2torch.errors import CaffeError
+
+    base = {"model": "m.onnx", "crf": {"max_iter": 10}}
+    check_resume(tmp_path, {**base, "crf_device": "cuda"}, resume=True)
+    with pytest.raises(CaffeError, match="crf_device"):  # a setting the new run does not have
+        check_resume(tmp_path, base, resume=True)
+    check_resume(tmp_path, base, resume=False)
+    check_resume(tmp_path, base, resume=True)
+    with pytest.raises(CaffeError, match="crf_device"):  # a setting the old run did not have
+        check_resume(tmp_path, {**base, "crf_device": "cpu"}, resume=True)

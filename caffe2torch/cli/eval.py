@@ -106,7 +106,7 @@ def check_resume(out: Path, settings: dict, resume: bool) -> None:
     state = out / "run.json"
     if state.exists() and resume:
         previous = json.loads(state.read_text())
-        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        changed = sorted(k for k in settings.keys() | previous.keys() if previous.get(k) != settings.get(k))
         if changed:
             raise CaffeError(f"the results folder holds a run with other settings ({', '.join(changed)}); use "
                              "another -o folder, or --no-resume to start again", Location(str(state)))
