@@ -69,13 +69,12 @@ def torch_crf(image: np.ndarray, logits: np.ndarray, device: str) -> np.ndarray:
     return result
 
 
-def torch_crf_report(image: np.ndarray, logits: np.ndarray, runs: int) -> None:
+def torch_crf_report(image: np.ndarray, logits: np.ndarray, reference: np.ndarray, runs: int) -> None:
     """The torch CRF (deeplab-run/-eval --crf-device) on CUDA when there is one, else on CPU: time against
     the plain pydensecrf call, and label agreement with it."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    reference = plain_pydensecrf(image, logits)
     result = torch_crf(image, logits, device)  # also the warm-up (CUDA context, kernels)
     agreement = 100 * float((result.argmax(0) == reference.argmax(0)).mean())
     times = alternate({f"torch CRF on {device}": lambda: torch_crf(image, logits, device),
@@ -143,21 +142,24 @@ def main() -> int:
     from caffe2torch.util import worker_pool
 
     image, logits = scene(0)
-    difference = float(np.abs(ours(image, logits) - plain_pydensecrf(image, logits)).max())
+    reference = plain_pydensecrf(image, logits)
+    difference = float(np.abs(ours(image, logits) - reference).max())
     times = alternate({"caffe2torch dense_crf": lambda: ours(image, logits),
                        "plain pydensecrf call": lambda: plain_pydensecrf(image, logits)}, args.runs)
     print(f"machine: {machine()}")
     print(table(times, "plain pydensecrf call", f"one {image.shape[1]}x{image.shape[0]} image, 21 labels, "
                                                  f"{args.runs} alternating runs"))
     print(f"max |difference| of the probabilities: {difference:.2e}")
-    torch_crf_report(image, logits, args.runs)
+    torch_crf_report(image, logits, reference, args.runs)
 
     scenes = [scene(i) for i in range(args.images)]
     images, logits = [s[0] for s in scenes], [s[1] for s in scenes]
-    serial_times, parallel_times, by_hand_times, identical = [], [], [], True
-    with worker_pool(args.jobs) as pool:
-        list(pool.map(ours_in_worker, images[: args.jobs], logits[: args.jobs]))  # started, as in a long run
-        for _ in range(args.batch_runs):  # alternate the two, as everywhere in these benchmarks
+    serial_times, parallel_times, plain_pool_times, by_hand_times, identical = [], [], [], [], True
+    # The same pool with glibc's allocator left as it is: what retain_freed_memory is worth.
+    with worker_pool(args.jobs) as pool, worker_pool(args.jobs, retain_memory=False) as plain_pool:
+        for started in (pool, plain_pool):  # start the workers, as in a long run
+            list(started.map(ours_in_worker, images[: args.jobs], logits[: args.jobs]))
+        for _ in range(args.batch_runs):  # alternate them all, as everywhere in these benchmarks
             start = time.perf_counter()
             serial = [plain_pydensecrf(im, lg) for im, lg in scenes]
             serial_times.append(time.perf_counter() - start)
@@ -166,9 +168,13 @@ def main() -> int:
             parallel_times.append(time.perf_counter() - start)
             identical &= all(digest(q) == hashed and np.array_equal(q.argmax(0), labels)
                              for q, (labels, hashed) in zip(serial, parallel))
+            start = time.perf_counter()
+            list(plain_pool.map(ours_in_worker, images, logits))
+            plain_pool_times.append(time.perf_counter() - start)
             by_hand_times.append(by_hand_seconds(args.images, args.jobs))
     serial_s, parallel_s = statistics.median(serial_times), statistics.median(parallel_times)
     ratio, by_hand = serial_s / parallel_s, serial_s / statistics.median(by_hand_times)
+    plain_pool_ratio = serial_s / statistics.median(plain_pool_times)
     print(f"{args.images} images, median of {args.batch_runs} alternating passes: one pydensecrf process "
           f"{args.images / serial_s:.2f} images/s; caffe2torch with {args.jobs} workers "
           f"{args.images / parallel_s:.2f} images/s: {ratio:.2f}x; results identical to the single calls: "
@@ -178,6 +184,8 @@ def main() -> int:
     print(f"by hand: {args.jobs} independent plain pydensecrf processes, data in place, "
           f"{', '.join(f'{t:.1f}' for t in by_hand_times)} s: {by_hand:.2f}x a single process; "
           f"caffe2torch {ratio / by_hand:.2f}x that")
+    print(f"the same {args.jobs} workers with glibc's allocator as it is (no retain_freed_memory): "
+          f"{', '.join(f'{t:.1f}' for t in plain_pool_times)} s: {plain_pool_ratio:.2f}x a single process")
     print(f"target CRF throughput >= 1.8x a single pydensecrf process: {ratio:.2f}x, "
           + ("met" if ratio >= 1.8 else f"missed by {1.8 - ratio:.2f}x"))
     print(f"single image: {statistics.median(times['caffe2torch dense_crf']):.3f} s")

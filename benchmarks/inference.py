@@ -1,7 +1,7 @@
 """Inference at 513x513: our ONNX in onnxruntime (float and int8), our torch module, and OpenCV dnn on the same
 ONNX file (and on the Caffe files, where OpenCV can read them), in one process, alternating, medians.
 
-    python benchmarks/inference.py [--model largefov|resnet101-msc] [--runs 5] [--no-int8]
+    python benchmarks/inference.py [--model largefov|resnet101-msc] [--runs 5] [--no-int8] [--keep-float fc6,fc7]
 
 Models are full size with random weights written by our writer (benchmarks/common.py). The input is a real
 photograph preprocessed as DeepLab's test did. int8 label agreement is measured on photographs that were
@@ -36,6 +36,8 @@ def main() -> int:
     parser.add_argument("--model", choices=sorted(MODELS), default="largefov")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-int8", dest="int8", action="store_false")
+    parser.add_argument("--keep-float", default="", metavar="LAYERS",
+                        help="int8: more convolutions to keep in float, e.g. fc6,fc7 (besides the classifiers)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/c2t-bench"))
     args = parser.parse_args()
 
@@ -79,10 +81,11 @@ def main() -> int:
             caffe_note = f"OpenCV dnn cannot read the Caffe files: {str(exc).strip().splitlines()[-1][:150]}"
     agreement = None
     if args.int8:
-        int8_path = args.workdir / f"{args.model}.int8.onnx"
+        keep_float = [name for name in args.keep_float.split(",") if name]
+        int8_path = args.workdir / f"{args.model}.int8{''.join('-' + n for n in keep_float)}.onnx"
         if not int8_path.exists():
             calibration = [photos[n] for n in ("astronaut", "coffee", "chelsea", "rocket")]
-            quantize_int8(onnx_path, int8_path, net.spec, calibration, info)
+            quantize_int8(onnx_path, int8_path, net.spec, calibration, info, keep_float)
         quantized = ort.InferenceSession(str(int8_path), no_spin, providers=["CPUExecutionProvider"])
         runners["onnxruntime int8 (caffe2torch)"] = lambda: quantized.run(None, {"data": x})
         held_out = ("immunohistochemistry", "hubble", "camera")

@@ -45,8 +45,9 @@ def classifier_layers(spec: NetSpec) -> set[str]:
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, spec: NetSpec, images: Iterable[np.ndarray],
-                  info: ModelInfo) -> Path:
-    """Write an int8 model beside a float ONNX export; `images` are RGB uint8 calibration images."""
+                  info: ModelInfo, keep_float: Iterable[str] = ()) -> Path:
+    """Write an int8 model beside a float ONNX export; `images` are RGB uint8 calibration images.
+    `keep_float`: more convolution layers to leave in float, besides the classifiers."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -73,7 +74,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, spec: NetSpec, im
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared), load_external_data=False)
-        keep_float = classifier_layers(spec)
+        keep_float = classifier_layers(spec) | set(keep_float)
         exclude = [node.name for node in model.graph.node if node.op_type == "Conv"
                    and any(f"/{name}/" in node.name + "/" for name in keep_float)]
         del model

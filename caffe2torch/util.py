@@ -80,13 +80,15 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _single_threaded_worker() -> None:
+def _init_worker(retain_memory: bool) -> None:
     """Pool initializer: one thread per worker process, so that N workers on N cores do not each start a
-    thread pool per core (OpenBLAS, OpenMP, torch if a task imports it). pydensecrf itself is
-    single-threaded. Runs before a worker imports anything that reads these variables."""
+    thread pool per core (OpenBLAS, OpenMP, torch if a task imports it; pydensecrf itself is
+    single-threaded), set before a worker imports anything that reads these variables; and, for the CRF,
+    freed memory kept in the heap."""
     for name in _THREAD_VARIABLES:
         os.environ[name] = "1"
-    retain_freed_memory()
+    if retain_memory:
+        retain_freed_memory()
 
 
 # glibc mallopt parameters (malloc.h)
@@ -117,13 +119,14 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, int_max))
 
 
-def worker_pool(jobs: int):
+def worker_pool(jobs: int, retain_memory: bool = True):
     """A process pool for CPU work (CRF, scoring) beside the network. Workers come from a forkserver, not
-    from fork(): forking a process whose torch/OpenMP threads hold locks can deadlock the children."""
+    from fork(): forking a process whose torch/OpenMP threads hold locks can deadlock the children.
+    `retain_memory=False` leaves glibc's allocator as it is (benchmarks/crf.py compares the two)."""
     import concurrent.futures
     import multiprocessing
 
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     return concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
-                                                  initializer=_single_threaded_worker)
+                                                  initializer=_init_worker, initargs=(retain_memory,))

@@ -47,3 +47,24 @@ def test_int8_needs_the_onnx_export(tmp_path):
     result = CliRunner().invoke(convert.main, ["--model", "deeplab-demo-synthetic", str(bundled(CAFFEMODEL)),
                                                "-o", str(tmp_path), "--no-onnx", "--int8", str(tmp_path)])
     assert result.exit_code == 2 and "--int8 needs the ONNX export" in result.output
+
+
+def test_keep_float_leaves_the_named_convolutions_unquantised(tmp_path):
+    from caffe2torch.onnx_export import export_onnx
+    from caffe2torch.pipeline import convert as convert_net
+    from caffe2torch.quantize import quantize_int8
+
+    net, _ = convert_net(bundled_definition("deeplab-demo-synthetic"), bundled(CAFFEMODEL))
+    export_onnx(net, tmp_path / "model.onnx")
+    images, _ = make_batch(11, 2)
+    first = next(layer.name for layer in net.spec.layers if layer.type == "Convolution")
+
+    def quantised_convolutions(keep_float):
+        quantize_int8(tmp_path / "model.onnx", tmp_path / "int8.onnx", net.spec, list(images),
+                      model_info(net.spec), keep_float)
+        graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+        dequantised = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+        return {n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in dequantised}
+
+    assert f"/{first}/Conv" in quantised_convolutions([])
+    assert f"/{first}/Conv" not in quantised_convolutions([first])

@@ -98,3 +98,13 @@ crf_device_option = click.option(
     "--crf-device", default=None, metavar="DEVICE", callback=_crf_device,
     help="Run the dense CRF in torch on this device (cuda, cuda:1, cpu) instead of pydensecrf, in this process; "
          "it agrees with pydensecrf to float rounding (see docs/benchmarks.md).")
+
+
+def crf_settings(backend, preset: str | None, overrides: str):
+    """The CRF parameters of a run: the preset asked for (else the model's own), with --crf-params applied."""
+    from caffe2torch.crf import crf_preset, parse_crf_overrides
+
+    try:
+        return parse_crf_overrides(crf_preset(preset or backend.info.crf_preset), overrides)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--crf-preset/--crf-params") from None

@@ -9,10 +9,9 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from caffe2torch.cli.common import crf_device_option, reports_errors
+from caffe2torch.cli.common import crf_device_option, crf_settings, reports_errors
 from caffe2torch.cli.run import default_jobs, default_threads, parse_scales
-from caffe2torch.crf import PRESET_ALIASES, PRESETS, parse_crf_overrides
-from caffe2torch.crf import crf_preset as preset_params
+from caffe2torch.crf import PRESET_ALIASES, PRESETS
 from caffe2torch.errors import CaffeError, Location
 from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_samples, write_reports
 from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits
@@ -56,6 +55,7 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     Examples:
       deeplab-eval --onnx resnet/model.onnx --voc-root VOCdevkit/VOC2012 --split val --crf -o results
       deeplab-eval --predictions caffe_labels/ --voc-root VOCdevkit/VOC2012 --split val
+      deeplab-eval --onnx resnet/model.onnx --voc-root VOCdevkit/VOC2012 --crf-device cuda -o results_gpu_crf
     """
     if sum(bool(x) for x in (onnx_path, artifact, predictions)) != 1:
         raise click.UsageError("give exactly one of --onnx, --model or --predictions")
@@ -70,16 +70,12 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
         report(out, result, list(VOC_CLASSES), header, None)
         return
     crf = crf or bool(crf_device)
-    jobs = default_jobs(jobs, crf and crf_device is None)
-    threads = default_threads(threads, jobs, crf and crf_device is None)
+    crf_in_workers = crf and crf_device is None
+    jobs = default_jobs(jobs, crf_in_workers)
+    threads = default_threads(threads, jobs, crf_in_workers)
     backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
     class_names = list(backend.info.class_names)
-    params = None
-    if crf:
-        try:
-            params = parse_crf_overrides(preset_params(crf_preset or backend.info.crf_preset), crf_params)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--crf-preset/--crf-params") from None
+    params = crf_settings(backend, crf_preset, crf_params) if crf else None
     model_file = onnx_path or artifact
     settings = {"model": str(model_file), "model_sha256": file_sha256(model_file), "dataset": dataset,
                 "scales": list(parse_scales(scales)), "flip": flip, "fuse": fuse,

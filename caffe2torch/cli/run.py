@@ -10,9 +10,8 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from caffe2torch.cli.common import crf_device_option, reports_errors
-from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, parse_crf_overrides
-from caffe2torch.crf import crf_preset as preset_params
+from caffe2torch.cli.common import crf_device_option, crf_settings, reports_errors
+from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams
 from caffe2torch.errors import CaffeError
 from caffe2torch.images import list_images, overlay, read_image, write_label_png, write_rgb_png
 from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, postprocess
@@ -79,15 +78,11 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
         raise click.UsageError("give exactly one of --onnx MODEL.onnx or --model ARTIFACT")
     scale_list = parse_scales(scales)
     use_crf = crf or bool(crf_preset or crf_params or crf_device)
-    jobs = default_jobs(jobs, use_crf and crf_device is None)
-    threads = default_threads(threads, jobs, use_crf and crf_device is None)
+    crf_in_workers = use_crf and crf_device is None
+    jobs = default_jobs(jobs, crf_in_workers)
+    threads = default_threads(threads, jobs, crf_in_workers)
     backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
-    params = None
-    if use_crf:
-        try:
-            params = parse_crf_overrides(preset_params(crf_preset or backend.info.crf_preset), crf_params)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--crf-preset/--crf-params") from None
+    params = crf_settings(backend, crf_preset, crf_params) if use_crf else None
     paths = list_images(list(images))
     if not paths:
         raise CaffeError("no images found in " + ", ".join(images))
