@@ -34,6 +34,9 @@ class LayerSpec:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     param_specs: list[ParamSpec] = field(default_factory=list)
     line: int | None = None
+    # Fields no known Caffe schema has ({"field": dotted path, "line": n, "column": n}): a converter cannot know
+    # what they mean, so they are reported as unsupported parameters (see shapes.check_supported).
+    unknown_fields: list[dict[str, Any]] = field(default_factory=list)
 
     def param(self, message: str) -> dict[str, Any]:
         """The named parameter message, empty when the prototxt did not set it."""
@@ -61,6 +64,7 @@ class DroppedLayer:
     type: str
     reason: str
     line: int | None = None
+    tops: list[str] = field(default_factory=list)
 
 
 @dataclass

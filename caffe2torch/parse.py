@@ -1,113 +1,75 @@
-"""Text prototxt → protobuf message of the file's own dialect.
+"""Text prototxt → the net as plain dicts, read with the schema of the file's dialect, borrowing by name.
 
-DeepLab v1, DeepLab v2 and upstream Caffe clash on field *numbers*, barely on field *names*, so a text file is
-parsed by name with the schema of its dialect. The dialect is told by the file's syntax:
+DeepLab v1, DeepLab v2 and upstream Caffe clash on field *numbers*, which only binary files use. A text file
+names every field, so there is no clash there: a DeepLab v2 net may declare its input with upstream's
+`Input` layer (`input_param`, whose number 143 is DeepLab v2's `interp_param`), and a v1 net may use stock
+Caffe's DECONVOLUTION. So a file is read in three steps:
 
-- `layers { type: ENUM }`  → DeepLab v1 (`deeplab_v1`); stock V1 enums DeepLab lacks (DECONVOLUTION) → `caffe`.
-- `layer { type: "..." }`  → DeepLab v2 (`deeplab_v2`) when it uses a DeepLab field or type, else `caffe`.
+1. `textproto.read_text_message`: the text as a schema-free tree (line and column of every field);
+2. `dialects.detect_dialect`: the fork whose schema and layer types explain the file best (it decides what
+   really differs: layer semantics, enums, binary field numbers);
+3. `SchemaReader`: every field typed by the dialect's schema; a field that schema lacks is taken from another
+   dialect's schema at the same place when one has it (a "borrowed" field, listed in the notes); a field no
+   schema has is kept as written and recorded with its line under the layer's `_unknown` key, so that later
+   stages can drop a layer that writes nothing back, or list every unknown parameter in one error.
 
+The result holds only the fields the file sets (presence matters to Caffe, e.g. for Interp), enums by name,
+messages as dicts and repeated fields as lists: the same shape for every dialect.
 Template placeholders `${NAME}` (the DeepLab v2 scripts filled them with sed) are replaced first.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from google.protobuf import text_format
-from google.protobuf.message import Message
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from caffe2torch.dialects import DIALECTS, Dialect, detect_dialect, dialect_title, get_dialect
 from caffe2torch.errors import Location, PrototxtError
-from caffe2torch.proto import deeplab_v1_pb2, deeplab_v2_pb2, upstream_pb2
+from caffe2torch.textproto import Scalar, TextField, TextMessage, read_text_message, tokens
 
-DIALECTS = {
-    "deeplab_v1": deeplab_v1_pb2.NetParameter,
-    "deeplab_v2": deeplab_v2_pb2.NetParameter,
-    "caffe": upstream_pb2.NetParameter,
-}
-DIALECT_TITLES = {
-    "deeplab_v1": "DeepLab v1 (deeplab-public: layers {} with enum types, hole)",
-    "deeplab_v2": "DeepLab v2 (deeplab-public-ver2: layer {} with Interp/DenseCRF/... fields)",
-    "caffe": "upstream BVLC Caffe",
-}
+# Far above any real net definition (the 101-layer MSC ResNet is 0.4 MB); bounds what a text file may cost.
+MAX_PROTOTXT_BYTES = 64 << 20
 
-# Field names and type strings that only DeepLab v2 defines for `layer {}` files.
-_V2_FIELDS = {
-    "interp_param", "seg_accuracy_param", "mat_write_param", "mat_read_param", "dense_crf_param",
-    "domain_transform_param", "adaptive_bias_channel_param", "bias_channel_param", "unique_label_param",
-    "scale_factors", "crop_width", "crop_height", "label_type",
-}
-_V2_TYPES = {
-    "Interp", "DenseCRF", "SegAccuracy", "ImageSegData", "MatRead", "MatWrite", "DomainTransform",
-    "DomainTransformForwardOnly", "SpatialProduct", "AdaptiveBiasChannel", "BiasChannel", "UniqueLabel",
-}
-# Hints for fields that belong to another dialect than the one the file's syntax selects.
-_CROSS_DIALECT_HINTS = {
-    "hole": "'hole' is a DeepLab v1 field (layers {} syntax); in layer {} syntax write 'dilation'",
-    "hole_h": "'hole_h' is a DeepLab v1 field; in layer {} syntax write 'dilation'",
-    "hole_w": "'hole_w' is a DeepLab v1 field; in layer {} syntax write 'dilation'",
-    "dilation": "'dilation' does not exist in DeepLab v1 (layers {} syntax); write 'hole'",
-    "padding_param": "'padding_param' (PADDING) exists only in DeepLab v1 (layers {} syntax)",
-    "softmaxloss_param": "'softmaxloss_param' exists only in DeepLab v1 (layers {} syntax)",
-    "domain_transform_param": "'domain_transform_param' exists only in DeepLab v2 (layer {} syntax)",
-    "input_param": "'input_param' (Input layer) is upstream Caffe; DeepLab v2 uses field 143 for interp_param",
-    "crop_param": "'crop_param' (Crop layer) is upstream Caffe; DeepLab v2 has no Crop layer",
-}
+# Kept for callers that show a dialect's title by name.
+DIALECT_TITLES = {name: dialect.title for name, dialect in DIALECTS.items()}
 
-
-@dataclass
-class Token:
-    kind: str  # "ident", "string", "number", "punct", "placeholder"
-    text: str
-    line: int
-    column: int
-    depth: int
-
-
-_TOKEN = re.compile(
-    r"""(?P<ws>[ \t\r\f\v]+)|(?P<nl>\n)|(?P<comment>\#[^\n]*)
-    |(?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-    |(?P<placeholder>\$\{[A-Za-z_][A-Za-z0-9_]*\})
-    |(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?)
-    |(?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
-    |(?P<punct>[{}:;,<>\[\]])
-    |(?P<other>.)""",
-    re.X,
-)
+LAYER_FIELDS = ("layer", "layers")
+# NetParameter fields of a solver file: a hint when one is given where a net is expected.
+_SOLVER_FIELDS = {"base_lr", "lr_policy", "max_iter", "solver_mode", "snapshot_prefix", "net", "train_net",
+                  "test_net", "test_iter", "momentum", "weight_decay", "display", "snapshot", "solver_type"}
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def tokenize(text: str) -> list[Token]:
-    """Tokens with line/column (1-based) and brace depth; comments and whitespace dropped."""
-    tokens: list[Token] = []
-    line, line_start, depth = 1, 0, 0
-    for match in _TOKEN.finditer(text):
-        kind = match.lastgroup
-        if kind == "nl":
-            line += 1
-            line_start = match.end()
-            continue
-        if kind in ("ws", "comment"):
-            continue
-        value = match.group()
-        if kind == "punct" and value in "}>":
-            depth -= 1
-        tokens.append(Token(kind, value, line, match.start() - line_start + 1, depth))
-        if kind == "punct" and value in "{<":
-            depth += 1
-    return tokens
+@dataclass
+class BorrowedField:
+    """A field the file's dialect lacks, read with another dialect's schema."""
+
+    path: str
+    dialect: str
+    line: int
 
 
 @dataclass
 class ParsedPrototxt:
-    """A parsed file: its dialect, the message, and the line where each layer starts (in file order)."""
+    """A parsed file: its dialect, the net as dicts, and the line where each layer starts (in file order)."""
 
     dialect: str
-    message: Message
+    net: dict[str, Any]
     layer_lines: list[int]
     source: str | None = None
     warnings: list[str] = field(default_factory=list)
+    borrowed: list[BorrowedField] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Placeholders
+# ---------------------------------------------------------------------------------------------------------
 
 
 def substitute_placeholders(text: str, defines: dict[str, str], source: str | None = None) -> tuple[str, list[str]]:
@@ -116,14 +78,18 @@ def substitute_placeholders(text: str, defines: dict[str, str], source: str | No
     An undefined placeholder where a number or identifier is needed is an error that lists every such name
     with its line; inside a quoted string (a path, a layer name) it may stay, with a warning.
     """
+    if "${" not in text:
+        return text, []
     missing: dict[str, list[int]] = {}
     kept: dict[str, list[int]] = {}
-    for tok in tokenize(text):
-        names = _PLACEHOLDER.findall(tok.text)
-        for name in names:
-            if name in defines:
-                continue
-            (kept if tok.kind == "string" else missing).setdefault(name, []).append(tok.line)
+    for kind, value, line, _ in tokens(text):
+        if kind not in ("placeholder", "string"):
+            continue
+        for name in _PLACEHOLDER.findall(value):
+            if name not in defines:
+                lines = (kept if kind == "string" else missing).setdefault(name, [])
+                if len(lines) < 20:
+                    lines.append(line)
     if missing:
         listed = ", ".join(f"${{{n}}} (line {', '.join(map(str, lines))})" for n, lines in missing.items())
         raise PrototxtError(
@@ -139,25 +105,251 @@ def substitute_placeholders(text: str, defines: dict[str, str], source: str | No
     return result, notes
 
 
-def _top_level_layers(tokens: list[Token]) -> tuple[list[Token], list[Token]]:
-    """The `layer` and `layers` field tokens at depth 0."""
-    layer, layers = [], []
-    for i, tok in enumerate(tokens):
-        if tok.kind != "ident" or tok.depth != 0 or i + 1 >= len(tokens):
-            continue
-        nxt = tokens[i + 1].text
-        if nxt not in ("{", ":", "<"):
-            continue
-        if tok.text == "layer":
-            layer.append(tok)
-        elif tok.text == "layers":
-            layers.append(tok)
-    return layer, layers
+# ---------------------------------------------------------------------------------------------------------
+# Scalars by protobuf type
+# ---------------------------------------------------------------------------------------------------------
+
+_I32, _I64 = (-(1 << 31), (1 << 31) - 1), (-(1 << 63), (1 << 63) - 1)
+_U32, _U64 = (0, (1 << 32) - 1), (0, (1 << 64) - 1)
+_FD = FieldDescriptor
+_INT_RANGES = {
+    _FD.TYPE_INT32: _I32, _FD.TYPE_SINT32: _I32, _FD.TYPE_SFIXED32: _I32, _FD.TYPE_UINT32: _U32,
+    _FD.TYPE_FIXED32: _U32, _FD.TYPE_INT64: _I64, _FD.TYPE_SINT64: _I64, _FD.TYPE_SFIXED64: _I64,
+    _FD.TYPE_UINT64: _U64, _FD.TYPE_FIXED64: _U64,
+}
+_FLOAT_WORDS = {"inf": math.inf, "infinity": math.inf, "nan": math.nan}
+_FLT_MAX = 3.4028234663852886e38
 
 
-def detect_dialect(tokens: list[Token], source: str | None = None) -> list[str]:
-    """Candidate dialects for a file, most likely first."""
-    layer, layers = _top_level_layers(tokens)
+def _parse_int(text: str) -> int | None:
+    """Protobuf's integer literals: decimal, 0x hex, 0 octal."""
+    sign = -1 if text.startswith("-") else 1
+    body = text.lstrip("+-")
+    try:
+        if body.lower().startswith("0x"):
+            return sign * int(body[2:], 16)
+        if len(body) > 1 and body.startswith("0") and body.isdigit():
+            return sign * int(body, 8)
+        if body.isdigit():
+            return sign * int(body)
+    except ValueError:
+        return None
+    return None
+
+
+def _parse_float(text: str) -> float | None:
+    word = text.lstrip("+-").lower()
+    if word in _FLOAT_WORDS:
+        return -_FLOAT_WORDS[word] if text.startswith("-") else _FLOAT_WORDS[word]
+    body = text[:-1] if text[-1:] in "fF" and not text.lower().startswith("0x") else text
+    as_int = _parse_int(body)
+    if as_int is not None:
+        return float(as_int)
+    try:
+        return float(body)
+    except ValueError:
+        return None
+
+
+def to_float32(value: float) -> float:
+    """What a Caffe `float` field holds: the value rounded to float32 (beyond its range: +-inf)."""
+    if math.isfinite(value) and abs(value) > _FLT_MAX:
+        return math.copysign(math.inf, value)
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def generic_value(value: Scalar | TextMessage) -> Any:
+    """A value no schema types: numbers as numbers, everything else as written; messages as dicts."""
+    if isinstance(value, TextMessage):
+        out: dict[str, Any] = {}
+        for child in value.fields:
+            item = generic_value(child.value)
+            if child.name in out:
+                previous = out[child.name]
+                out[child.name] = (previous if isinstance(previous, list) else [previous]) + [item]
+            else:
+                out[child.name] = item
+        return out
+    if value.kind == "number":
+        as_int = _parse_int(value.text)
+        return as_int if as_int is not None else _parse_float(value.text)
+    return value.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schema-guided reading with borrowing
+# ---------------------------------------------------------------------------------------------------------
+
+# The same message as seen by each dialect (None where a dialect has no such field at this place), primary first.
+Views = list[tuple[Dialect, Descriptor | None]]
+
+
+class SchemaReader:
+    """Types a TextMessage tree by the primary dialect's schema, borrowing from the others (see module doc)."""
+
+    def __init__(self, primary: Dialect, source: str | None):
+        self.primary = primary
+        self.source = source
+        others = sorted((d for d in DIALECTS.values() if d is not primary), key=lambda d: d.priority)
+        self.order = [primary, *others]
+        self.borrowed: list[BorrowedField] = []
+
+    def error(self, message: str, item: TextField | Scalar) -> PrototxtError:
+        return PrototxtError(message, Location(file=self.source, line=item.line, column=item.column))
+
+    def read_net(self, root: TextMessage) -> tuple[dict[str, Any], list[int], list[dict[str, Any]]]:
+        """(net dict, line of each layer, unknown net-level fields)."""
+        views: Views = [(d, d.net_descriptor) for d in self.order]
+        net: dict[str, Any] = {}
+        lines: list[int] = []
+        unknown_net: list[dict[str, Any]] = []
+        for item in root.fields:
+            unknown = unknown_net
+            if item.name in LAYER_FIELDS and isinstance(item.value, TextMessage):
+                unknown = []
+                lines.append(item.line)
+            value = self.field(item, views, net, "", unknown)
+            if unknown is not unknown_net and unknown and isinstance(value, dict):
+                value["_unknown"] = unknown
+        return net, lines, unknown_net
+
+    def message(self, node: TextMessage, views: Views, path: str, unknown: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for item in node.fields:
+            self.field(item, views, out, path, unknown)
+        return out
+
+    def field(self, item: TextField, views: Views, out: dict[str, Any], path: str,
+              unknown: list[dict[str, Any]]) -> Any:
+        """Read one field occurrence into `out`; returns the value stored."""
+        is_message = isinstance(item.value, TextMessage)
+        candidates = [(d, fd) for d, desc in views if (fd := _field_of(d, desc, item.name)) is not None]
+        fitting = [(d, fd) for d, fd in candidates if (fd.type == FieldDescriptor.TYPE_MESSAGE) == is_message]
+        dotted = f"{path}{item.name}"
+        if not fitting:
+            if candidates:
+                kind = "a message: write it as `{} {{ ... }}`" if not is_message else "a value: write it as `{}: VALUE`"
+                raise self.error(f"'{dotted}' is {kind.format(item.name)}", item)
+            value = generic_value(item.value)
+            unknown.append({"field": dotted, "line": item.line, "column": item.column})
+            self._store(out, item, value, repeated=item.name in out)
+            return value
+        dialect, fd = fitting[0]
+        if dialect is not self.primary:
+            self.borrowed.append(BorrowedField(dotted, dialect.name, item.line))
+        if is_message:
+            child_views: Views = []
+            for d, desc in views:
+                child = _field_of(d, desc, item.name)
+                ok = child is not None and child.type == FieldDescriptor.TYPE_MESSAGE
+                child_views.append((d, child.message_type if ok else None))
+            value = self.message(item.value, child_views, dotted + ".", unknown)  # type: ignore[arg-type]
+        else:
+            value = self.scalar(item, fitting, dotted, unknown)
+        self._store(out, item, value, repeated=_is_repeated(fd))
+        return value
+
+    def _store(self, out: dict[str, Any], item: TextField, value: Any, repeated: bool) -> None:
+        if repeated:
+            existing = out.get(item.name)
+            if existing is None:
+                out[item.name] = [value]
+            elif isinstance(existing, list):
+                existing.append(value)
+            else:
+                out[item.name] = [existing, value]
+        elif item.name in out:
+            raise self.error(f"'{item.name}' is given more than once; it takes one value", item)
+        else:
+            out[item.name] = value
+
+    def scalar(self, item: TextField, fitting: list[tuple[Dialect, FieldDescriptor]], dotted: str,
+               unknown: list[dict[str, Any]]) -> Any:
+        """A scalar typed by the first fitting field (the primary dialect's where it has the field)."""
+        value: Scalar = item.value  # type: ignore[assignment]
+        fd = fitting[0][1]
+        kind, text = value.kind, value.text
+        if kind == "placeholder":
+            raise self.error(f"'{dotted}' is the undefined placeholder {text}; give it with --define", value)
+        t = fd.type
+        if t in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+            if kind != "string":
+                raise self.error(f"'{dotted}' takes a quoted string, not {text}", value)
+            return text
+        if t == FieldDescriptor.TYPE_BOOL:
+            if text in ("true", "True", "t", "1"):
+                return True
+            if text in ("false", "False", "f", "0"):
+                return False
+            raise self.error(f"'{dotted}' takes true or false, not {text}", value)
+        if t in _INT_RANGES:
+            number = _parse_int(text) if kind == "number" else None
+            if number is None:
+                raise self.error(f"'{dotted}' takes an integer, not {text}", value)
+            low, high = _INT_RANGES[t]
+            if not low <= number <= high:
+                raise self.error(f"'{dotted}' = {text} is out of range for its type ({low} .. {high})", value)
+            return number
+        if t in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+            number = _parse_float(text) if kind in ("number", "ident") else None
+            if number is None:
+                raise self.error(f"'{dotted}' takes a number, not {text}", value)
+            return to_float32(number) if t == FieldDescriptor.TYPE_FLOAT else number
+        if t == FieldDescriptor.TYPE_ENUM:
+            return self.enum(value, fitting, dotted, unknown)
+        raise self.error(f"'{dotted}' has a field type this reader does not handle", value)
+
+    def enum(self, value: Scalar, fitting: list[tuple[Dialect, FieldDescriptor]], dotted: str,
+             unknown: list[dict[str, Any]]) -> Any:
+        """An enum value by name (or number); a name only another dialect's enum has is borrowed; a name no
+        dialect knows is kept and recorded (a layer type of an unknown fork is reported as such later)."""
+        text, fd = value.text, fitting[0][1]
+        if value.kind == "number":
+            number = _parse_int(text)
+            if number is None:
+                raise self.error(f"'{dotted}' takes an enum name or integer, not {text}", value)
+            named = fd.enum_type.values_by_number.get(number)
+            return named.name if named else number
+        if value.kind != "ident":
+            raise self.error(f"'{dotted}' takes an enum name, not {text}", value)
+        if text in fd.enum_type.values_by_name:
+            return text
+        for dialect, other in fitting[1:]:
+            if other.type == FieldDescriptor.TYPE_ENUM and text in other.enum_type.values_by_name:
+                self.borrowed.append(BorrowedField(f"{dotted}: {text}", dialect.name, value.line))
+                return text
+        if dotted.rsplit(".", 1)[-1] != "type":  # unknown layer types are reported as such, once
+            unknown.append({"field": f"{dotted}: {text}", "line": value.line, "column": value.column})
+        return text
+
+
+def _field_of(dialect: Dialect, desc: Descriptor | None, name: str) -> FieldDescriptor | None:
+    """`desc`'s field `name`; at net level, `layer` and `layers` both mean a dialect's own layer message, so a
+    `layer {}` file can borrow from DeepLab v1's `layers {}` schema and the other way round."""
+    if desc is None:
+        return None
+    found = desc.fields_by_name.get(name)
+    if desc is dialect.net_descriptor and name in LAYER_FIELDS:
+        own = desc.fields_by_name.get(dialect.layer_fields[0])
+        if found is None or (own is not None and name not in dialect.layer_fields):
+            found = own
+    return found
+
+
+def _is_repeated(fd: FieldDescriptor) -> bool:
+    flag = getattr(fd, "is_repeated", None)
+    return flag if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _layer_field(root: TextMessage, source: str | None) -> str | None:
+    """`layer` or `layers`: which syntax the file uses; both is Caffe's "inconsistent NetParameter" error."""
+    layer = [f for f in root.fields if f.name == "layer"]
+    layers = [f for f in root.fields if f.name == "layers"]
     if layer and layers:
         first_minor = (layers if len(layers) < len(layer) else layer)[0]
         raise PrototxtError(
@@ -165,33 +357,34 @@ def detect_dialect(tokens: list[Token], source: str | None = None) -> list[str]:
             f"{len(layer)} layer and {len(layers)} layers blocks",
             Location(file=source, line=first_minor.line, column=first_minor.column),
         )
-    if layers:
-        return ["deeplab_v1", "caffe"]
-    idents = {t.text for t in tokens if t.kind == "ident"}
-    strings = {t.text.strip("\"'") for t in tokens if t.kind == "string"}
-    if idents & _V2_FIELDS or strings & _V2_TYPES:
-        return ["deeplab_v2", "caffe"]
-    return ["caffe", "deeplab_v2"]
+    return "layer" if layer else ("layers" if layers else None)
 
 
-_PARSE_ERROR = re.compile(r"^(\d+):(\d+) : (.*)$", re.S)
-_UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+def names_used(root: TextMessage) -> set[str]:
+    """Every field name, identifier value (enum names) and layer type string in the tree."""
+    names: set[str] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for item in node.fields:
+            names.add(item.name)
+            if isinstance(item.value, TextMessage):
+                stack.append(item.value)
+            elif item.value.kind == "ident" or (item.name == "type" and item.value.kind == "string"):
+                names.add(item.value.text)
+    return names
 
 
-def _parse_error(exc: text_format.ParseError, source: str | None, dialect: str) -> PrototxtError:
-    line, column, message = exc.GetLine(), exc.GetColumn(), str(exc)
-    match = _PARSE_ERROR.match(message)
-    if match:
-        line, column, message = int(match.group(1)), int(match.group(2)), match.group(3)
-    message = message.replace("caffe2torch.", "")
-    unknown = _UNKNOWN_FIELD.search(message)
-    if unknown:
-        name = unknown.group(1)
-        hint = _CROSS_DIALECT_HINTS.get(name)
-        message = f"unknown field '{name}' for {DIALECT_TITLES[dialect]} ({message})"
-        if hint:
-            message += f"; {hint}"
-    return PrototxtError(message, Location(file=source, line=line, column=column))
+def _describe_borrowed(borrowed: list[BorrowedField]) -> list[str]:
+    grouped: dict[tuple[str, str], list[int]] = {}
+    for b in borrowed:
+        grouped.setdefault((b.dialect, b.path), []).append(b.line)
+    notes = []
+    for (dialect, path), lines in grouped.items():
+        shown = ", ".join(map(str, lines[:5])) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+        notes.append(f"'{path}' is not in this dialect's schema; read as {dialect_title(dialect)} defines it "
+                     f"(line {shown})")
+    return notes
 
 
 def parse_prototxt_text(
@@ -200,31 +393,25 @@ def parse_prototxt_text(
     defines: dict[str, str] | None = None,
     dialect: str | None = None,
 ) -> ParsedPrototxt:
-    """Parse prototxt text. `dialect` forces one of DIALECTS instead of detecting it."""
+    """Parse prototxt text. `dialect` forces one of `dialects.DIALECTS` instead of detecting it."""
+    if dialect is not None and dialect not in DIALECTS:
+        raise PrototxtError(f"unknown dialect '{dialect}'; choose from {', '.join(DIALECTS)}")
     text, notes = substitute_placeholders(text, defines or {}, source)
-    tokens = tokenize(text)
-    candidates = [dialect] if dialect else detect_dialect(tokens, source)
-    for name in candidates:
-        if name not in DIALECTS:
-            raise PrototxtError(f"unknown dialect '{name}'; choose from {', '.join(DIALECTS)}")
-    errors: list[tuple[tuple[int, int], PrototxtError]] = []  # (line, column), error
-    for name in candidates:
-        message = DIALECTS[name]()
-        try:
-            text_format.Parse(text, message, allow_unknown_extension=False)
-        except text_format.ParseError as exc:
-            err = _parse_error(exc, source, name)
-            errors.append(((err.location.line or 0, err.location.column or 0), err))
-            continue
-        layer, layers = _top_level_layers(tokens)
-        lines = [t.line for t in (layer or layers)]
-        return ParsedPrototxt(name, message, lines, source, notes)
-    # Every candidate failed: report the detected dialect's error, unless it is an enum value that dialect
-    # lacks (stock V1's DECONVOLUTION in a DeepLab v1 file); then the fallback's error is the relevant one.
-    first = errors[0][1]
-    if "has no value named" in first.message and len(errors) > 1:
-        raise errors[1][1]
-    raise first
+    root = read_text_message(text, source)
+    layer_field = _layer_field(root, source)
+    chosen = get_dialect(dialect) if dialect else detect_dialect(layer_field, names_used(root))
+    reader = SchemaReader(chosen, source)
+    net, lines, unknown_net = reader.read_net(root)
+    if unknown_net:
+        listed = ", ".join(f"'{u['field']}' (line {u['line']})" for u in unknown_net[:10])
+        hint = ""
+        if {u["field"] for u in unknown_net} & _SOLVER_FIELDS:
+            hint = "; this looks like a solver file: give the net definition it names instead"
+        first = unknown_net[0]
+        raise PrototxtError(f"unknown net-level field(s) in every known Caffe schema: {listed}{hint}",
+                            Location(file=source, line=first["line"], column=first["column"]))
+    notes += _describe_borrowed(reader.borrowed)
+    return ParsedPrototxt(chosen.name, net, lines, source, notes, reader.borrowed)
 
 
 def parse_prototxt(
@@ -232,14 +419,25 @@ def parse_prototxt(
 ) -> ParsedPrototxt:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PROTOTXT_BYTES + 1)
     except FileNotFoundError:
         raise PrototxtError("no such file", Location(file=str(path))) from None
+    except IsADirectoryError:
+        raise PrototxtError("is a folder, not a prototxt file", Location(file=str(path))) from None
+    except OSError as exc:
+        raise PrototxtError(f"cannot read: {exc.strerror}", Location(file=str(path))) from None
+    if len(data) > MAX_PROTOTXT_BYTES:
+        raise PrototxtError(f"larger than {MAX_PROTOTXT_BYTES >> 20} MB: not a net definition (a binary "
+                            ".caffemodel goes in the CAFFEMODEL argument)", Location(file=str(path)))
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise PrototxtError(
             "not a text prototxt (it is not UTF-8 text; a binary .caffemodel goes in the CAFFEMODEL argument)",
             Location(file=str(path)),
         ) from None
-    except OSError as exc:
-        raise PrototxtError(f"cannot read: {exc.strerror}", Location(file=str(path))) from None
+    if "\x00" in text:
+        raise PrototxtError("not a text prototxt (it contains NUL bytes; a binary .caffemodel goes in the "
+                            "CAFFEMODEL argument)", Location(file=str(path)))
     return parse_prototxt_text(text, source=str(path), defines=defines, dialect=dialect)

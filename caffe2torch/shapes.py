@@ -13,7 +13,7 @@ from caffe2torch.errors import Location, NetDefinitionError, UnsupportedError
 from caffe2torch.layers import BuildContext, get_converter
 from caffe2torch.layers.registry import count
 from caffe2torch.netspec import LayerSpec, NetSpec, Shape
-from caffe2torch.upgrade import check_graph
+from caffe2torch.upgrade import check_graph, describe_unknown
 
 
 def layer_location(spec: NetSpec, layer: LayerSpec) -> Location:
@@ -31,6 +31,9 @@ def check_supported(spec: NetSpec) -> None:
     for layer in spec.layers:
         converter = get_converter(layer.type)
         where = layer_location(spec, layer)
+        if layer.unknown_fields:
+            problems.append((where, "field(s) no known Caffe schema has, so their meaning is unknown: "
+                                    + describe_unknown(layer.unknown_fields)))
         if converter is None:
             problems.append((where, f"unknown or unsupported layer type '{layer.type}'"))
             continue

@@ -8,12 +8,10 @@ the chain nothing downstream sees dialects: types are strings, spatial parameter
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
 
 from caffe2torch.errors import Location, NetDefinitionError
 from caffe2torch.netspec import DroppedLayer, InputSpec, LayerSpec, NetSpec, ParamSpec, Shape
@@ -80,28 +78,10 @@ class RawNet:
                         layer_type=layer.get("type"))
 
 
-def message_to_dict(message: Message) -> dict[str, Any]:
-    """Only the fields that are set (presence matters to Caffe), enums by name, nested messages as dicts."""
-    out: dict[str, Any] = {}
-    for fd, value in message.ListFields():
-        if fd.type == FieldDescriptor.TYPE_MESSAGE:
-            convert: Callable[[Any], Any] = message_to_dict
-        elif fd.type == FieldDescriptor.TYPE_ENUM:
-            def convert(v: int, fd: FieldDescriptor = fd) -> Any:
-                named = fd.enum_type.values_by_number.get(v)
-                return named.name if named else v
-        else:
-            def convert(v: Any) -> Any:
-                return v
-        repeated = getattr(fd, "is_repeated", None)
-        repeated = repeated if repeated is not None else fd.label == FieldDescriptor.LABEL_REPEATED
-        out[fd.name] = [convert(v) for v in value] if repeated else convert(value)
-    return out
-
-
 def to_raw_net(parsed: ParsedPrototxt) -> RawNet:
-    msg = message_to_dict(parsed.message)
-    layers = msg.get("layer") or msg.get("layers") or []
+    msg = parsed.net
+    # A deep copy: the upgrade chain rewrites the dicts in place, and one parse may be upgraded several times.
+    layers = copy.deepcopy(msg.get("layer") or msg.get("layers") or [])
     for index, layer in enumerate(layers):
         layer["line"] = parsed.layer_lines[index] if index < len(parsed.layer_lines) else None
         layer["v1"] = "layers" in msg
@@ -180,6 +160,8 @@ def upgrade_hole_to_dilation(net: RawNet) -> None:
         hole_w = conv.pop("hole_w", None)
         if (has_hole and hole_h is not None) or (hole_h is None) != (hole_w is None):
             raise NetDefinitionError("give either 'hole' alone or both 'hole_h' and 'hole_w'", net.where(layer))
+        if any(k in conv for k in ("dilation", "dilation_h", "dilation_w")):
+            raise NetDefinitionError("give either DeepLab v1's 'hole' or 'dilation', not both", net.where(layer))
         conv["dilation"] = [hole_h, hole_w] if hole_h is not None else [hole]
 
 
@@ -387,7 +369,8 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
         return shapes + [(None,)] * (len(tops) - len(shapes))
     if kind == "MemoryData":
         p = layer.get("memory_data_param", {})
-        return [(p.get("batch_size"), p.get("channels"), p.get("height"), p.get("width")), (p.get("batch_size"),)]
+        batch = p.get("batch_size")
+        return [(batch, p.get("channels"), p.get("height"), p.get("width")), (batch,), (batch, 1, 1, 2)]
     image = layer.get("image_data_param", {})
     batch = image.get("batch_size", 1) if kind in ("ImageData", "ImageSegData") else None
     if kind == "Data":
@@ -403,7 +386,7 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
     if kind == "ImageSegData":
         # tops: data, label, data_dim (valid height and width of each image)
         return [data, (batch, 1, height, width), (batch, 1, 1, 2)][: len(tops)]
-    return [data, (batch,)][: len(tops)] + [(None,)] * max(0, len(tops) - 2)
+    return [data, (batch,), (batch, 1, 1, 2)][: len(tops)] + [(None,)] * max(0, len(tops) - 3)
 
 
 def _check_input_overrides(overrides: dict[str, Shape] | None, names: list[str], source: str | None) -> None:
@@ -445,18 +428,17 @@ def upgrade_net(
     for layer in net.layers:
         if not layer_included(layer, phase, level, stages):
             spec.dropped.append(DroppedLayer(layer["name"], layer.get("type", ""), f"not in {phase.upper()} phase",
-                                             layer.get("line")))
+                                             layer.get("line"), list(layer.get("top", []))))
             continue
         kind = layer.get("type", "")
         if kind in DATA_LAYER_TYPES:
-            transform = _transform_of(layer)
-            tops = layer.get("top", [])
-            for index, (top, shape) in enumerate(zip(tops, _data_layer_shapes(layer))):
-                role = _data_top_role(kind, index)
-                spec.inputs.append(InputSpec(top, tuple(shape), transform if role == "image" else {},
-                                             layer["name"], kind, role))
+            spec.inputs += data_layer_inputs(layer)
             spec.dropped.append(DroppedLayer(layer["name"], kind, "data layer: its tops are net inputs",
-                                             layer.get("line")))
+                                             layer.get("line"), list(layer.get("top", []))))
+            if layer.get("_unknown"):
+                spec.notes.append(f"data layer '{layer['name']}' (line {layer.get('line')}): ignored field(s) no "
+                                  f"known Caffe schema has: {describe_unknown(layer['_unknown'])}; they configure "
+                                  "data loading, which deeplab-run/-eval do themselves")
             continue
         params = {k: v for k, v in layer.items() if k.endswith("_param") and isinstance(v, dict)}
         spec.layers.append(
@@ -466,10 +448,12 @@ def upgrade_net(
                 bottoms=list(layer.get("bottom", [])),
                 tops=list(layer.get("top", [])),
                 params=params,
-                param_specs=[ParamSpec(**p) for p in layer.get("param", [])],
+                param_specs=[_param_spec(p) for p in layer.get("param", []) if isinstance(p, dict)],
                 line=layer.get("line"),
+                unknown_fields=list(layer.get("_unknown", [])),
             )
         )
+    assign_input_roles(spec)
 
     names = spec.input_names()
     _check_input_overrides(input_shapes, names, net.source)
@@ -489,11 +473,62 @@ def upgrade_net(
     return spec
 
 
-def _data_top_role(kind: str, index: int) -> str:
-    """Data layers emit (data, label[, data_dim]); Input and DummyData emit plain tensors."""
-    if kind in ("Input", "DummyData"):
+# Roles of a data layer's tops, by position: DeepLab's ImageSegData makes (data, label, data_dim), and deploy
+# nets feed data_dim to a DenseCRF as the third top of a MemoryData layer (upstream's makes two tops).
+IMAGE_DATA_TOP_ROLES = ("image", "label", "data_dim")
+# Layers that read each image's valid (height, width) from a bottom, and which bottom (facts sheet §4, §7).
+DATA_DIM_BOTTOMS = {"DenseCRF": 1, "DomainTransform": 2, "DomainTransformForwardOnly": 2}
+
+
+def data_top_role(kind: str, index: int) -> str:
+    """Image data layers emit (data, label, data_dim); Input, DummyData and HDF5Data emit plain tensors."""
+    if kind in ("Input", "DummyData", "HDF5Data"):
         return "tensor"
-    return ("image", "label", "data_dim")[index] if index < 3 else "tensor"
+    return IMAGE_DATA_TOP_ROLES[index] if index < len(IMAGE_DATA_TOP_ROLES) else "tensor"
+
+
+def data_layer_inputs(layer: dict[str, Any]) -> list[InputSpec]:
+    """Every top of a data layer as a net input with its role and the shape the layer would give it."""
+    kind, tops = layer["type"], list(layer.get("top", []))
+    transform = _transform_of(layer)
+    shapes = _data_layer_shapes(layer)
+    inputs = []
+    for index, top in enumerate(tops):
+        role = data_top_role(kind, index)
+        shape = tuple(shapes[index]) if index < len(shapes) else (None,)
+        inputs.append(InputSpec(top, shape, transform if role == "image" else {}, layer["name"], kind, role))
+    return inputs
+
+
+def assign_input_roles(spec: NetSpec) -> None:
+    """A plain input (net-level, Input, DummyData) that a DenseCRF or DomainTransform reads as its data_dim
+    bottom carries each image's valid size: give it that role (and the (N, 1, 1, 2) shape where unknown), so
+    the runner can fill it from each image."""
+    batch = next((i.shape[0] for i in spec.inputs if i.role == "image" and i.shape), None)
+    for layer in spec.layers:
+        index = DATA_DIM_BOTTOMS.get(layer.type)
+        if index is None or index >= len(layer.bottoms):
+            continue
+        for inp in spec.inputs:
+            if inp.name == layer.bottoms[index] and inp.role == "tensor":
+                inp.role = "data_dim"
+                if None in inp.shape or len(inp.shape) != 4:
+                    inp.shape = (batch or 1, 1, 1, 2)
+
+
+def describe_unknown(unknown: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{u['field']} (line {u['line']})" for u in unknown)
+
+
+def _param_spec(raw: dict[str, Any]) -> ParamSpec:
+    """Caffe's ParamSpec, the fields we use (share_mode only matters to Caffe's own solver)."""
+    spec = ParamSpec()
+    if "name" in raw:
+        spec.name = str(raw["name"])
+    for key in ("lr_mult", "decay_mult"):
+        if isinstance(raw.get(key), int | float):
+            setattr(spec, key, float(raw[key]))
+    return spec
 
 
 def _prune(spec: NetSpec, tainted: set[str], drop_reason, taint_note: str) -> None:
@@ -508,7 +543,7 @@ def _prune(spec: NetSpec, tainted: set[str], drop_reason, taint_note: str) -> No
         if reason is None:
             kept.append(layer)
             continue
-        spec.dropped.append(DroppedLayer(layer.name, layer.type, reason, layer.line))
+        spec.dropped.append(DroppedLayer(layer.name, layer.type, reason, layer.line, list(layer.tops)))
         tainted.update(t for t in layer.tops if t not in layer.bottoms)
     spec.layers = kept
 
@@ -520,10 +555,21 @@ def prune_for_inference(spec: NetSpec) -> None:
     def reason(layer: LayerSpec) -> str | None:
         if layer.type in TRAINING_ONLY_TYPES:
             return f"{TRAINING_ONLY_TYPES[layer.type]}: not needed for inference"
+        if not layer.tops:
+            return no_tops_reason(layer)
         return None
 
     labels = {i.name for i in spec.inputs if i.role == "label"}
     _prune(spec, labels, reason, "which exists only for training")
+
+
+def no_tops_reason(layer: LayerSpec) -> str:
+    """Why a layer without tops is dropped at deploy time: Caffe layers write only to their tops, so one with
+    none (a visualisation or saving layer of some fork) cannot change any blob the net computes."""
+    reason = "has no tops, so it cannot change any blob (a saving or display layer)"
+    if layer.unknown_fields:
+        reason += f"; its field(s) no known Caffe schema has were not read: {describe_unknown(layer.unknown_fields)}"
+    return reason
 
 
 def prune_for_training(spec: NetSpec) -> None:
@@ -536,6 +582,18 @@ def prune_for_training(spec: NetSpec) -> None:
         return None
 
     _prune(spec, set(), reason, "made by a dropped layer")
+
+
+def phase_hint(spec: NetSpec, blob: str) -> str:
+    """When a missing blob is made by a layer the phase rules left out (a train.prototxt read for TEST, whose
+    data layer is TRAIN-only), say so and name the phase that has it."""
+    for dropped in spec.dropped:
+        if blob in dropped.tops and dropped.reason.startswith("not in "):
+            other = "train" if spec.phase == "test" else "test"
+            return (f"; it is made by layer '{dropped.name}' ({dropped.type}, line {dropped.line}), which the "
+                    f"phase rules leave out of the {spec.phase.upper()} phase: to read this net as Caffe's "
+                    f"{other.upper()} net, give --phase {other}")
+    return ""
 
 
 def check_graph(spec: NetSpec) -> None:
@@ -558,5 +616,6 @@ def check_graph(spec: NetSpec) -> None:
                         f"bottom '{bottom}' is produced only by a later layer (a cycle, or layers out of order)",
                         where,
                     )
-                raise NetDefinitionError(f"bottom '{bottom}' is produced by no layer and is not a net input", where)
+                raise NetDefinitionError(f"bottom '{bottom}' is produced by no layer and is not a net input"
+                                         + phase_hint(spec, bottom), where)
         available.update(layer.tops)

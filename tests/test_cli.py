@@ -65,7 +65,7 @@ def test_info_on_corpus_with_define():
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda t: t.replace("dilation: 2", "hole: 2"), "tiny.prototxt:5:"),
+        (lambda t: t.replace("dilation: 2", "dilation: two"), "tiny.prototxt:5:"),
         (lambda t: t + 'layer { name: "x" type: "Mystery" bottom: "up" top: "x" }\n', "unknown or unsupported"),
         (lambda t: t.replace('bottom: "pool"', 'bottom: "nothing"'), "produced by no layer"),
         (lambda t: t.replace('bottom: "conv" top: "pool"', 'bottom: "up" top: "pool"'), "only by a later layer"),

@@ -55,21 +55,26 @@ def test_mixed_layer_and_layers_is_an_error_with_line():
     assert info.value.location.line == 8
 
 
-def test_hole_in_layer_syntax_names_field_line_column_and_hint():
+def test_hole_in_layer_syntax_is_borrowed_from_deeplab_v1_with_a_note():
     text = V2_NET.replace("dilation: 2", "hole: 2")
-    with pytest.raises(PrototxtError) as info:
-        parse_prototxt_text(text, source="bad.prototxt")
-    err = info.value
-    assert (err.location.file, err.location.line) == ("bad.prototxt", 5)
-    assert err.location.column is not None
-    assert "hole" in err.message and "dilation" in err.message
-    assert str(err).startswith("bad.prototxt:5:")
+    parsed = parse_prototxt_text(text, source="mixed.prototxt")
+    assert parsed.dialect == "deeplab_v2"
+    assert parsed.net["layer"][0]["convolution_param"]["hole"] == 2
+    assert [(b.path, b.dialect, b.line) for b in parsed.borrowed] == [("layer.convolution_param.hole", "deeplab_v1", 5)]
+    assert any("'layer.convolution_param.hole'" in w and "DeepLab v1" in w and "line 5" in w for w in parsed.warnings)
 
 
-def test_unknown_field_in_v1_syntax():
-    text = V1_NET.replace("hole: 2", "dilation: 2")
-    with pytest.raises(PrototxtError, match="'dilation' does not exist in DeepLab v1"):
-        parse_prototxt_text(text)
+def test_dilation_in_v1_syntax_is_borrowed():
+    parsed = parse_prototxt_text(V1_NET.replace("hole: 2", "dilation: 2"))
+    assert parsed.dialect == "deeplab_v1"
+    assert parsed.net["layers"][0]["convolution_param"]["dilation"] == [2]
+    assert parsed.borrowed and parsed.borrowed[0].path == "layers.convolution_param.dilation"
+
+
+def test_value_where_a_message_is_expected_names_line_and_column():
+    with pytest.raises(PrototxtError, match="'layer.convolution_param' is a message") as info:
+        parse_prototxt_text(V2_NET.replace("convolution_param {", "convolution_param: 3 foo {"), source="b.prototxt")
+    assert (info.value.location.line, info.value.location.column) == (5, 9)
 
 
 def test_malformed_text():
@@ -81,7 +86,7 @@ def test_malformed_text():
 def test_placeholders_defined_and_undefined():
     text = V2_NET.replace("num_output: 2", "num_output: ${NUM_LABELS}").replace('name: "conv"', 'name: "conv_${EXP}"')
     parsed = parse_prototxt_text(text, defines={"NUM_LABELS": "21"})
-    assert "num_output: 21" in str(parsed.message)
+    assert parsed.net["layer"][0]["convolution_param"]["num_output"] == 21
     assert any("${EXP}" in w for w in parsed.warnings)  # left inside a quoted name, with a note
     with pytest.raises(PrototxtError) as info:
         parse_prototxt_text(text.replace("kernel_size: 3", "kernel_size: ${K}"))
