@@ -16,7 +16,32 @@ v1 = parse_prototxt_text('layers { name: "c" type: CONVOLUTION convolution_param
 v2 = parse_prototxt_text('layer { name: "i" type: "Interp" interp_param { zoom_factor: 8 } }')
 up = parse_prototxt_text('layer { name: "i" type: "Input" input_param { shape { dim: 1 } } }')
 assert (v1.dialect, v2.dialect, up.dialect) == ("deeplab_v1", "deeplab_v2", "caffe")
-print(f"protobuf {sys.argv[1]}: schemas load, all three dialects parse")
+# Fields the schemas gained from their forks' caffe.proto (issue 15): upstream round_mode, v2 update_global_stats.
+pool = parse_prototxt_text('layer { name: "p" type: "Pooling" pooling_param { kernel_size: 2 round_mode: FLOOR } }')
+assert pool.message.layer[0].pooling_param.round_mode == 1
+bn = parse_prototxt_text('layer { name: "b" type: "Interp" interp_param { zoom_factor: 2 } }\n'
+                         'layer { name: "n" type: "BatchNorm" batch_norm_param { update_global_stats: true } }')
+assert bn.dialect == "deeplab_v2" and bn.message.layer[1].batch_norm_param.update_global_stats
+# Each dialect's descriptors, as this runtime loads them, still equal its fork's field table.
+import importlib.util
+import json
+from google.protobuf import descriptor_pb2
+from caffe2torch.proto import deeplab_v1_pb2, deeplab_v2_pb2, upstream_pb2
+spec = importlib.util.spec_from_file_location("extract", "scripts/extract_schema_table.py")
+extract = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(extract)
+for dialect, module in (("upstream", upstream_pb2), ("deeplab_v1", deeplab_v1_pb2), ("deeplab_v2", deeplab_v2_pb2)):
+    files, pending = [], [module.DESCRIPTOR]
+    while pending:
+        file = pending.pop()
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        files.append(proto)
+        pending.extend(file.dependencies)
+    ours = extract.schema_table(files, f"{module.DESCRIPTOR.package}.NetParameter")
+    fork = json.load(open(f"tests/data/schemas/{dialect}.json"))
+    assert ours == {"messages": fork["messages"], "enums": fork["enums"]}, dialect
+print(f"protobuf {sys.argv[1]}: schemas load and equal the forks' field tables, all three dialects parse")
 PY
   rm -rf "$target"
 done

@@ -7,6 +7,9 @@ Needs grpcio-tools (the `dev` extra), which bundles protoc. The output is post-p
 load with protobuf 4.21 through 7: newer protoc emits a runtime version guard
 (`_runtime_version.ValidateProtobufRuntimeVersion`) that refuses older runtimes, although the builder API the
 modules use exists since protobuf 3.20. We drop that guard and nothing else.
+
+tests/test_schemas.py checks the schemas against the forks' field tables in tests/data/schemas/
+(scripts/extract_schema_table.py); scripts/check_protobuf_versions.sh loads them with each protobuf major.
 """
 
 from __future__ import annotations

@@ -145,6 +145,16 @@ def test_unsupported_layers_are_listed_together():
     assert "test.prototxt:3" in text
 
 
+def test_pooling_round_mode_floor_is_unsupported_not_ignored():
+    # Upstream Caffe's round_mode: FLOOR gives smaller outputs than the CEIL every other net uses.
+    with pytest.raises(UnsupportedError, match="round_mode: FLOOR"):
+        net_from_text(HEAD + 'layer { name: "p" type: "Pooling" bottom: "x" top: "p" '
+                      'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }')
+    net = net_from_text(HEAD + 'layer { name: "p" type: "Pooling" bottom: "x" top: "p" '
+                        'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: CEIL } }')
+    assert run_net(net, x=np.zeros((1, 2, 6, 6)))["p"].shape == (1, 2, 3, 3)
+
+
 def test_weights_mismatch_lists_missing_unused_and_shapes(tmp_path):
     net = net_from_text(HEAD + 'layer { name: "c1" type: "Convolution" bottom: "x" top: "c1" '
                         'convolution_param { num_output: 3 kernel_size: 3 } }\n'

@@ -36,6 +36,9 @@ class PoolingConverter(LayerConverter):
         method = p.get("pool", "MAX")
         if method not in ("MAX", "AVE"):
             problems.append(f"pool: {method} (only MAX and AVE are defined at test time)")
+        if p.get("round_mode", "CEIL") != "CEIL":
+            # Upstream's round_mode (not in the DeepLab forks, which always ceil): FLOOR sizes are not implemented.
+            problems.append(f"round_mode: {p['round_mode']} (only CEIL, Caffe's default, is implemented)")
         if p.get("global_pooling"):
             if any(p["pad"]) or any(s != 1 for s in p["stride"]):
                 problems.append("global pooling with pad or stride")
