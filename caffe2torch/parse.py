@@ -235,7 +235,7 @@ class SchemaReader:
             self._store(out, item, value, repeated=item.name in out)
             return value
         dialect, fd = fitting[0]
-        if dialect is not self.primary:
+        if dialect is not self.primary and views[0][1] is not None:  # the top of a borrowed subtree, once
             self.borrowed.append(BorrowedField(dotted, dialect.name, item.line))
         if is_message:
             child_views: Views = []

@@ -43,7 +43,7 @@ class TextField:
         self.name, self.value, self.line, self.column = name, value, line, column
 
 
-@dataclass
+@dataclass(slots=True)
 class TextMessage:
     fields: list[TextField] = field(default_factory=list)
     line: int = 1

@@ -18,10 +18,10 @@ up = parse_prototxt_text('layer { name: "i" type: "Input" input_param { shape { 
 assert (v1.dialect, v2.dialect, up.dialect) == ("deeplab_v1", "deeplab_v2", "caffe")
 # Fields the schemas gained from their forks' caffe.proto (issue 15): upstream round_mode, v2 update_global_stats.
 pool = parse_prototxt_text('layer { name: "p" type: "Pooling" pooling_param { kernel_size: 2 round_mode: FLOOR } }')
-assert pool.message.layer[0].pooling_param.round_mode == 1
+assert pool.net["layer"][0]["pooling_param"]["round_mode"] == "FLOOR"
 bn = parse_prototxt_text('layer { name: "b" type: "Interp" interp_param { zoom_factor: 2 } }\n'
                          'layer { name: "n" type: "BatchNorm" batch_norm_param { update_global_stats: true } }')
-assert bn.dialect == "deeplab_v2" and bn.message.layer[1].batch_norm_param.update_global_stats
+assert bn.dialect == "deeplab_v2" and bn.net["layer"][1]["batch_norm_param"]["update_global_stats"] is True
 # Each dialect's descriptors, as this runtime loads them, still equal its fork's field table.
 import importlib.util
 import json

@@ -1,0 +1,170 @@
+"""DeepLab files as other people wrote them (issue 11): forks mixed in one text file, data layers with extra
+tops, layers of other forks that write nothing back, unknown layers and fields reported all at once,
+train nets opened for TEST. Every fixture is written here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caffe2torch.errors import NetDefinitionError, UnsupportedError
+from caffe2torch.parse import parse_prototxt_text
+from caffe2torch.shapes import infer_shapes
+
+from .conftest import net_from_text, run_net, spec_from_text
+
+V2_WITH_INPUT_LAYER = """name: "mixed"
+layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 17 dim: 17 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "score"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 2 dilation: 2 } }
+layer { name: "up" type: "Interp" bottom: "score" top: "up" interp_param { zoom_factor: 2 } }
+"""
+
+
+def test_v2_net_with_upstream_input_layer_opens_and_says_what_it_borrowed():
+    parsed = parse_prototxt_text(V2_WITH_INPUT_LAYER, source="mixed.prototxt")
+    assert parsed.dialect == "deeplab_v2"  # Interp's semantics are DeepLab v2's
+    assert [(b.path, b.dialect, b.line) for b in parsed.borrowed] == [("layer.input_param", "caffe", 2)]
+    assert any("input_param" in w and "upstream" in w for w in parsed.warnings)
+    spec = spec_from_text(V2_WITH_INPUT_LAYER)
+    assert spec.inputs[0].shape == (1, 3, 17, 17)
+    assert infer_shapes(spec).blobs["up"] == (1, 4, 33, 33)
+    assert any("input_param" in note for note in spec.notes)
+
+
+def test_v1_net_borrows_a_stock_enum_value_and_v2_fields():
+    text = """input: "data" input_dim: 1 input_dim: 2 input_dim: 5 input_dim: 5
+    layers { name: "c" type: CONVOLUTION bottom: "data" top: "c" convolution_param { num_output: 2 kernel_size: 3
+             pad: 1 hole: 1 } }
+    layers { name: "up" type: DECONVOLUTION bottom: "c" top: "up" convolution_param { num_output: 2 kernel_size: 2
+             stride: 2 } }
+    layers { name: "i" type: INTERP bottom: "up" top: "i" interp_param { zoom_factor: 2 } }
+    """
+    parsed = parse_prototxt_text(text)
+    assert parsed.dialect == "deeplab_v1"
+    assert any(b.path == "layers.type: DECONVOLUTION" and b.dialect == "caffe" for b in parsed.borrowed)
+    spec = spec_from_text(text)
+    assert [layer.type for layer in spec.layers] == ["Convolution", "Deconvolution", "Interp"]
+    assert infer_shapes(spec).blobs["i"] == (1, 2, 19, 19)  # v1 zoom rule on 10x10
+
+
+def test_hole_and_dilation_together_is_an_error():
+    with pytest.raises(NetDefinitionError, match="'hole' or 'dilation'"):
+        spec_from_text(V2_WITH_INPUT_LAYER.replace("dilation: 2", "dilation: 2 hole: 2"))
+
+
+MEMORY_DATA_CRF = """name: "deploy"
+layer { name: "data" type: "MemoryData" top: "data" top: "label" top: "data_dim"
+        memory_data_param { batch_size: 1 channels: 3 height: 25 width: 25 } }
+layer { name: "score" type: "Convolution" bottom: "data" top: "score"
+        convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "crf" type: "DenseCRF" bottom: "score" bottom: "data_dim" bottom: "data" top: "crf"
+        dense_crf_param { max_iter: 2 pos_w: 3 pos_xy_std: 3 bi_w: 4 bi_xy_std: 20 bi_rgb_std: 5 } }
+"""
+
+
+def test_every_data_layer_top_is_an_input_with_a_role_and_shape():
+    spec = spec_from_text(MEMORY_DATA_CRF)
+    roles = {i.name: (i.role, i.shape) for i in spec.inputs}
+    assert roles == {"data": ("image", (1, 3, 25, 25)), "data_dim": ("data_dim", (1, 1, 1, 2))}
+    assert "label" in " ".join(spec.notes)  # unused, removed, and said
+    net = net_from_text(MEMORY_DATA_CRF)
+    image = np.random.default_rng(0).normal(size=(1, 3, 25, 25)).astype(np.float32) * 40
+    out = run_net(net, data=image, data_dim=np.array([[[[20, 25]]]], np.float32))["crf"]
+    assert np.allclose(out[:, :, :20].sum(axis=1), 1, atol=1e-5) and not out[:, :, 20:].any()
+
+
+def test_input_shape_can_set_any_data_layer_top():
+    spec = spec_from_text(MEMORY_DATA_CRF, input_shapes={"data": (2, 3, 9, 9), "data_dim": (2, 1, 1, 2)})
+    assert {i.name: i.shape for i in spec.inputs} == {"data": (2, 3, 9, 9), "data_dim": (2, 1, 1, 2)}
+
+
+def test_net_level_input_feeding_densecrf_is_data_dim():
+    text = """input: "data" input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
+    input: "dims" input_shape { dim: 1 dim: 2 }
+    layer { name: "s" type: "Convolution" bottom: "data" top: "s" convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "crf" type: "DenseCRF" bottom: "s" bottom: "dims" top: "q" dense_crf_param { max_iter: 1
+            pos_w: 1 pos_xy_std: 1 } }
+    """
+    spec = spec_from_text(text)
+    dims = next(i for i in spec.inputs if i.name == "dims")
+    assert (dims.role, dims.shape) == ("data_dim", (1, 1, 1, 2))
+
+
+UNKNOWN_EVERYWHERE = """name: "wild"
+input: "data" input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 2 kernel_size: 3 pad: 1 weird_option: 7 } }
+layer { name: "save" type: "ImageSaver" bottom: "conv"
+        image_saver_param { folder: "/tmp/out" every: 10 } }
+layer { name: "norm" type: "Normalize" bottom: "conv" top: "norm"
+        norm_param { across_spatial: false scale_filler { type: "constant" value: 20 } } }
+layer { name: "prior" type: "PriorBox" bottom: "norm" bottom: "data" top: "prior" prior_box_param { min_size: 30 } }
+"""
+
+
+def test_a_layer_without_tops_is_dropped_and_said_unknown_ones_with_tops_listed_in_one_error():
+    spec = spec_from_text(UNKNOWN_EVERYWHERE)
+    dropped = {d.name: d.reason for d in spec.dropped}
+    assert "no tops" in dropped["save"] and "image_saver_param" in dropped["save"]
+    with pytest.raises(UnsupportedError) as info:
+        infer_shapes(spec)
+    problems = {loc.layer: (loc.line, loc.layer_type, message) for loc, message in info.value.problems}
+    assert set(problems) == {"conv", "norm", "prior"}
+    assert problems["conv"][0] == 3 and "weird_option" in problems["conv"][2]
+    assert problems["norm"][1] == "Normalize" and "unknown or unsupported layer type" in str(info.value)
+    assert "norm_param" in str(info.value) and "prior_box_param (line 9)" in str(info.value)
+    assert "test.prototxt:7: layer 'norm' (Normalize)" in str(info.value)
+
+
+def test_unknown_fields_in_layers_another_phase_uses_do_not_matter():
+    text = UNKNOWN_EVERYWHERE.split('layer { name: "save"')[0].replace(" weird_option: 7", "") + """
+    layer { name: "aug" type: "ImageSegData" top: "x" top: "y" include { phase: TRAIN }
+            transform_param { smooth_filtering: true max_rotation_angle: 60 } }
+    """
+    spec = spec_from_text(text)
+    assert [layer.name for layer in spec.layers] == ["conv"]
+    assert infer_shapes(spec).blobs["conv"] == (1, 2, 9, 9)
+
+
+def test_unknown_transform_fields_of_a_test_data_layer_are_noted():
+    text = """layer { name: "data" type: "ImageSegData" top: "data" top: "label" top: "data_dim"
+              transform_param { crop_size: 33 mean_value: 104 smooth_filtering: true } include { phase: TEST } }
+    layer { name: "s" type: "Convolution" bottom: "data" top: "s" convolution_param { num_output: 2 kernel_size: 1 } }
+    """
+    spec = spec_from_text(text)
+    assert any("smooth_filtering" in note and "data loading" in note for note in spec.notes)
+    assert spec.inputs[0].shape == (1, 3, 33, 33)
+
+
+def test_unknown_v1_layer_type_is_listed_with_the_others():
+    text = """input: "data" input_dim: 1 input_dim: 3 input_dim: 9 input_dim: 9
+    layers { name: "n" type: NORMALIZE bottom: "data" top: "n" }
+    layers { name: "m" type: MYSTERY_LAYER bottom: "n" top: "m" }
+    """
+    with pytest.raises(UnsupportedError) as info:
+        infer_shapes(spec_from_text(text))
+    assert [p[0].layer for p in info.value.problems] == ["n", "m"]
+    assert "NORMALIZE" in str(info.value) and "MYSTERY_LAYER" in str(info.value)
+
+
+def test_unknown_net_level_field_and_solver_files():
+    with pytest.raises(Exception, match="unknown net-level field.*'frobnicate' \\(line 2\\)"):
+        parse_prototxt_text('name: "x"\nfrobnicate: 3\n')
+    with pytest.raises(Exception, match="solver file"):
+        parse_prototxt_text('net: "train.prototxt"\nbase_lr: 0.001\nlr_policy: "step"\n')
+
+
+def test_train_net_opened_for_test_says_its_data_layer_is_train_only():
+    text = """layer { name: "data" type: "ImageSegData" top: "data" top: "label" include { phase: TRAIN }
+                      transform_param { crop_size: 17 } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv" bottom: "label" }
+    """
+    with pytest.raises(NetDefinitionError) as info:
+        infer_shapes(spec_from_text(text))
+    message = str(info.value)
+    assert "bottom 'data'" in message and "layer 'data' (ImageSegData, line 1)" in message
+    assert "--phase train" in message
+    assert infer_shapes(spec_from_text(text, phase="train")).blobs["conv"] == (1, 2, 17, 17)
