@@ -42,13 +42,16 @@ V1_LAYER_TYPES = {
 # Layers that read data from disk: at deploy time each of their tops becomes a net input.
 DATA_LAYER_TYPES = {
     "Data", "ImageData", "ImageSegData", "MemoryData", "WindowData", "HDF5Data", "DummyData", "Input",
+    # DeepLab's MatRead has no bottoms and one top read from .mat files (precomputed scores, e.g. to run only
+    # the DenseCRF): at deploy time that top is a net input like any other.
+    "MatRead",
 }
 # Layers that only matter for training, evaluation or file output: dropped for inference, said out loud.
 TRAINING_ONLY_TYPES = {
     "SoftmaxWithLoss": "loss", "EuclideanLoss": "loss", "HingeLoss": "loss", "InfogainLoss": "loss",
     "MultinomialLogisticLoss": "loss", "SigmoidCrossEntropyLoss": "loss", "ContrastiveLoss": "loss",
     "Accuracy": "metric", "SegAccuracy": "metric", "HDF5Output": "file output", "MatWrite": "file output",
-    "MatRead": "file input of precomputed blobs", "Silence": "consumes unused blobs",
+"Silence": "consumes unused blobs",
     "UniqueLabel": "label-only (weak supervision)", "BiasChannel": "label-dependent (weak supervision)",
     "AdaptiveBiasChannel": "label-dependent (weak supervision)", "CensorLabel": "label-only",
     "IgnoreOverlay": "label-only", "Histogram": "statistics output", "RelativeError": "metric",
@@ -367,6 +370,8 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
         if len(shapes) == 1:
             shapes = shapes * len(tops)
         return shapes + [(None,)] * (len(tops) - len(shapes))
+    if kind == "MatRead":
+        return [(layer.get("mat_read_param", {}).get("batch_size", 1), None, None, None)]
     if kind == "MemoryData":
         p = layer.get("memory_data_param", {})
         batch = p.get("batch_size")
@@ -482,7 +487,7 @@ DATA_DIM_BOTTOMS = {"DenseCRF": 1, "DomainTransform": 2, "DomainTransformForward
 
 def data_top_role(kind: str, index: int) -> str:
     """Image data layers emit (data, label, data_dim); Input, DummyData and HDF5Data emit plain tensors."""
-    if kind in ("Input", "DummyData", "HDF5Data"):
+    if kind in ("Input", "DummyData", "HDF5Data", "MatRead"):
         return "tensor"
     return IMAGE_DATA_TOP_ROLES[index] if index < len(IMAGE_DATA_TOP_ROLES) else "tensor"
 

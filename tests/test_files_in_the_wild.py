@@ -168,3 +168,15 @@ def test_train_net_opened_for_test_says_its_data_layer_is_train_only():
     assert "bottom 'data'" in message and "layer 'data' (ImageSegData, line 1)" in message
     assert "--phase train" in message
     assert infer_shapes(spec_from_text(text, phase="train")).blobs["conv"] == (1, 2, 17, 17)
+
+
+def test_matread_top_is_a_net_input():
+    text = """layer { name: "fc8" type: "MatRead" top: "fc8" mat_read_param { prefix: "feat/" batch_size: 1 } }
+    layer { name: "data" type: "ImageSegData" top: "data" top: "label" top: "data_dim"
+            transform_param { crop_size: 17 } }
+    layer { name: "crf" type: "DenseCRF" bottom: "fc8" bottom: "data_dim" bottom: "data" top: "crf"
+            dense_crf_param { max_iter: 1 pos_w: 3 pos_xy_std: 3 bi_w: 4 bi_xy_std: 20 bi_rgb_std: 5 } }
+    """
+    spec = spec_from_text(text, input_shapes={"fc8": (1, 3, 17, 17)})
+    assert {i.name: i.role for i in spec.inputs} == {"fc8": "tensor", "data": "image", "data_dim": "data_dim"}
+    assert infer_shapes(spec).blobs["crf"] == (1, 3, 17, 17)
