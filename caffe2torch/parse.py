@@ -430,14 +430,23 @@ def parse_prototxt(
     if len(data) > MAX_PROTOTXT_BYTES:
         raise PrototxtError(f"larger than {MAX_PROTOTXT_BYTES >> 20} MB: not a net definition (a binary "
                             ".caffemodel goes in the CAFFEMODEL argument)", Location(file=str(path)))
+    text, notes = decode_prototxt(data, str(path))
+    parsed = parse_prototxt_text(text, source=str(path), defines=defines, dialect=dialect)
+    parsed.warnings[:0] = notes
+    return parsed
+
+
+def decode_prototxt(data: bytes, source: str | None = None) -> tuple[str, list[str]]:
+    """The text of a prototxt file, and notes. Binary protobuf (a caffemodel) holds NUL bytes; text does not.
+    A UTF-8 byte-order mark is dropped; text that is not UTF-8 (comments written in another encoding, as
+    Caffe itself accepts) is read as Latin-1, with a note."""
+    if b"\x00" in data:
+        raise PrototxtError("not a text prototxt (it holds NUL bytes: a binary .caffemodel goes in the CAFFEMODEL "
+                            "argument)", Location(file=source))
+    data = data.removeprefix(b"\xef\xbb\xbf")
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PrototxtError(
-            "not a text prototxt (it is not UTF-8 text; a binary .caffemodel goes in the CAFFEMODEL argument)",
-            Location(file=str(path)),
-        ) from None
-    if "\x00" in text:
-        raise PrototxtError("not a text prototxt (it contains NUL bytes; a binary .caffemodel goes in the "
-                            "CAFFEMODEL argument)", Location(file=str(path)))
-    return parse_prototxt_text(text, source=str(path), defines=defines, dialect=dialect)
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return data.decode("latin-1"), [f"the file is not UTF-8 (first at line {line}); read as Latin-1, so names "
+                                        "with non-ASCII characters may not match the caffemodel's"]

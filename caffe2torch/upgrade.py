@@ -73,6 +73,9 @@ class RawNet:
     net_inputs: list[str] = field(default_factory=list)
     net_input_shapes: list[list[int]] = field(default_factory=list)
     net_input_dims: list[int] = field(default_factory=list)
+    # NetParameter.state: its stages and level take part in the include/exclude rules (Caffe's Net
+    # constructor overrides only the phase, and adds the stages it is given).
+    state: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -95,6 +98,7 @@ def to_raw_net(parsed: ParsedPrototxt) -> RawNet:
         net_inputs=list(msg.get("input", [])),
         net_input_shapes=[list(s.get("dim", [])) for s in msg.get("input_shape", [])],
         net_input_dims=list(msg.get("input_dim", [])),
+        state=dict(msg.get("state", {})),
         source=parsed.source,
         notes=list(parsed.warnings),
     )
@@ -427,6 +431,9 @@ def upgrade_net(
     net = to_raw_net(parsed)
     for upgrade in UPGRADES:
         upgrade(net)
+    stages = set(stages or ()) | {str(s) for s in net.state.get("stage", [])}
+    if not level and isinstance(net.state.get("level"), int):
+        level = net.state["level"]
 
     spec = NetSpec(name=net.name, dialect=net.dialect, phase=phase, source=net.source, notes=net.notes)
     spec.inputs = _net_level_inputs(net)

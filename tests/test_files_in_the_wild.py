@@ -180,3 +180,24 @@ def test_matread_top_is_a_net_input():
     spec = spec_from_text(text, input_shapes={"fc8": (1, 3, 17, 17)})
     assert {i.name: i.role for i in spec.inputs} == {"fc8": "tensor", "data": "image", "data_dim": "data_dim"}
     assert infer_shapes(spec).blobs["crf"] == (1, 3, 17, 17)
+
+
+def test_the_files_own_state_stages_apply_and_the_phase_comes_from_the_caller():
+    text = """state { phase: TRAIN stage: "deploy" }
+    input: "data" input_shape { dim: 1 dim: 3 dim: 5 dim: 5 }
+    layer { name: "a" type: "ReLU" bottom: "data" top: "a" include { stage: "deploy" } }
+    layer { name: "b" type: "ReLU" bottom: "data" top: "b" include { phase: TRAIN } }
+    """
+    assert [layer.name for layer in spec_from_text(text).layers] == ["a"]
+    assert [layer.name for layer in spec_from_text(text, phase="train").layers] == ["a", "b"]
+
+
+def test_byte_order_mark_and_non_utf8_comments(tmp_path):
+    from caffe2torch.parse import parse_prototxt
+
+    body = b'input: "data" input_dim: 1 input_dim: 3 input_dim: 5 input_dim: 5\n'
+    (tmp_path / "bom.prototxt").write_bytes(b"\xef\xbb\xbf" + body)
+    (tmp_path / "gbk.prototxt").write_bytes(b"# \xc4\xe3\xba\xc3\n" + body)
+    assert parse_prototxt(tmp_path / "bom.prototxt").net["input"] == ["data"]
+    parsed = parse_prototxt(tmp_path / "gbk.prototxt")
+    assert parsed.net["input_dim"] == [1, 3, 5, 5] and "Latin-1" in parsed.warnings[0]
