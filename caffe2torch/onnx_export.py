@@ -102,6 +102,7 @@ def tracing_shapes(net: CaffeNet) -> list[tuple[int, ...]]:
     if len(spatial) != 1:
         return declared  # several spatial inputs must agree with each other: keep the declared sizes
     index = spatial[0]
+    data_dims = {inp.name for inp in net.spec.inputs if inp.role == "data_dim"}  # (N, 1, 1, 2) at any size
     for size in range(33, max(declared[index][2:]) + 1, 32):
         trial = copy.deepcopy(net.spec)
         trial.inputs[index].shape = (1, declared[index][1], size, size)
@@ -109,7 +110,7 @@ def tracing_shapes(net: CaffeNet) -> list[tuple[int, ...]]:
             blobs = infer_shapes(trial, check=False).blobs
         except (NetDefinitionError, ValueError):
             continue
-        if all(min(s[2:]) >= 3 for s in blobs.values() if len(s) == 4 and None not in s):
+        if all(min(s[2:]) >= 3 for name, s in blobs.items() if len(s) == 4 and None not in s and name not in data_dims):
             shapes = list(declared)
             shapes[index] = (1, declared[index][1], size, size)
             return shapes

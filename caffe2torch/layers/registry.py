@@ -51,7 +51,7 @@ class CaffeLayer(nn.Module):
 
 class LayerConverter:
     type: ClassVar[str]
-    # Whether the ONNX export can lower this layer (DenseCRF and DomainTransform cannot).
+    # Whether the ONNX export can lower this layer (DenseCRF cannot).
     exportable: ClassVar[bool] = True
 
     def check(self, spec: LayerSpec, ctx: BuildContext) -> list[str]:
