@@ -133,6 +133,8 @@ def reshape_output_shape(shape: tuple[int | None, ...], param: dict[str, Any]) -
             if rest == 0 or total % rest:
                 raise ValueError(f"cannot reshape {tuple(shape)} into {tuple(new)}")
             new[new.index(-1)] = total // rest
+    if None not in shape and None not in new and math.prod(new) != math.prod(shape):  # type: ignore[arg-type]
+        raise ValueError(f"cannot reshape {tuple(shape)} ({math.prod(shape)} values) into {tuple(new)}")  # type: ignore[arg-type]
     return tuple(new)
 
 

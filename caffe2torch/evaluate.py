@@ -22,7 +22,7 @@ from caffe2torch.crf import CRFParams, crf_probabilities
 from caffe2torch.errors import CaffeError, Location
 from caffe2torch.images import overlay, read_image, write_label_png, write_rgb_png
 from caffe2torch.metrics import Scores, confusion_matrix, scores_from_confusion
-from caffe2torch.runner import softmax
+from caffe2torch.runner import crf_image, softmax
 from caffe2torch.util import worker_pool
 
 VARIANTS = ("no_crf", "crf")
@@ -120,7 +120,7 @@ def finish_sample(sample: Sample, logits: np.ndarray | None, rgb: np.ndarray | N
             prediction = read_label(path)
         else:
             if variant == "crf":
-                probabilities = crf_probabilities(logits, rgb.transpose(2, 0, 1), crf, crf_device)
+                probabilities = crf_probabilities(logits, crf_image(rgb, crf), crf, crf_device)
             else:
                 probabilities = softmax(logits)
             prediction = probabilities.argmax(axis=0).astype(np.uint8)

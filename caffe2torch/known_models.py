@@ -25,6 +25,8 @@ class KnownModel:
     signature: dict[str, list[list[int]]]
     shared_layers: list[str] = field(default_factory=list)
     classes: str = ""
+    # The label names, in label order (the demo has its own five; the others VOC's 21).
+    class_names: list[str] = field(default_factory=list)
     also: str = ""
     source_prototxt: str = ""
 

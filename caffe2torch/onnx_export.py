@@ -1,18 +1,19 @@
-"""CaffeNet → ONNX for onnxruntime, with dynamic batch, height and width, and the metadata `deeplab-run`
-needs (preprocessing, class names, palette, CRF preset, source hashes) in `metadata_props`.
+"""CaffeNet → ONNX for onnxruntime, with dynamic batch, height and width where the net accepts other sizes, and
+the metadata `deeplab-run` needs (preprocessing, input sizes, class names, palette, CRF setting, source hashes)
+in `metadata_props`.
 
 Every size rule of the net is computed from tensor shapes, so tracing records them as graph arithmetic and
-the exported model accepts any input size. Lowerings that matter for Caffe parity (pinned by tests against
-the goldens): Interp → Resize with align_corners and sizes from the input shape; AVE pooling with ceil mode
-and count_include_pad at opset >= 18 (onnxruntime's divisor for the ceil overhang is Caffe's there);
-BatchNorm's factor folded into constants; Softmax over channels (opset >= 13 semantics); ArgMax → TopK on the
-reversed axis (Caffe's tie rule).
+the exported model accepts every size the net does (input_sizes.py works out which); a net that runs at one
+size only is traced and exported at that size, with fixed dims. Lowerings that matter for Caffe parity
+(pinned by tests against the goldens): Interp → Resize with align_corners and sizes from the input shape; AVE
+pooling with ceil mode and count_include_pad at opset >= 18 (onnxruntime's divisor for the ceil overhang is
+Caffe's there); BatchNorm's factor folded into constants; Softmax over channels (opset >= 13 semantics);
+ArgMax → TopK on the reversed axis (Caffe's tie rule).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import warnings
@@ -24,28 +25,39 @@ from torch import nn
 
 from caffe2torch import __version__, wire
 from caffe2torch.errors import Location, NetDefinitionError, UnsupportedError
+from caffe2torch.input_sizes import (
+    InputSizes,
+    accepted_input_sizes,
+    spatial_inputs,
+    tracing_side,
+    with_input_sizes,
+)
 from caffe2torch.layers import get_converter
 from caffe2torch.net import CaffeNet
-from caffe2torch.shapes import infer_shapes, layer_location
+from caffe2torch.shapes import layer_location
 from caffe2torch.util import atomic_path
 
 OPSET = 18
 # Up to this size the written file is checked whole as well (onnx.checker loads every weight to do it).
 FULL_CHECK_BYTES = 64 << 20
 METADATA_PREFIX = "caffe2torch."
+AXIS_NAMES = {0: "batch", 1: "channels", 2: "height", 3: "width"}
 
 
 class _BlobsModule(nn.Module):
-    """Runs a CaffeNet and returns the named blobs, in order: lets the export expose any blob."""
+    """Runs a CaffeNet and returns the named blobs, in order: lets the export expose any blob. Takes only the
+    net inputs those blobs depend on, in the net's order."""
 
     def __init__(self, net: CaffeNet, outputs: Sequence[str]):
         super().__init__()
         self.net, self.outputs = net, list(outputs)
         needed = required_layers(net, outputs)
         self.keys = {net.layer_keys[name] for name in needed}
+        used = set(self.outputs) | {b for layer in net.spec.layers if layer.name in needed for b in layer.bottoms}
+        self.input_names = [name for name in net.input_names if name in used]
 
     def forward(self, *inputs):
-        blobs = self.net._execute(dict(zip(self.net.input_names, inputs)), only=self.keys)
+        blobs = self.net._execute(dict(zip(self.input_names, inputs)), only=self.keys)
         return tuple(blobs[name] for name in self.outputs)
 
 
@@ -87,38 +99,48 @@ def check_exportable(net: CaffeNet, outputs: Sequence[str]) -> None:
         raise UnsupportedError(problems, net.spec.source)
 
 
-def tracing_shapes(net: CaffeNet) -> list[tuple[int, ...]]:
-    """Input shapes to trace with. Every size rule is traced symbolically, so the trace need not run at the
-    net's full crop size (a 513x513 ResNet-101 MSC forward pass costs seconds): the smallest size of the form
-    32k+1 at which every feature map keeps at least 3 pixels a side is used (none degenerates to the sizes
-    where Interp's copy path or a 1-pixel map would bake a different branch into the graph)."""
+def tracing_shapes(net: CaffeNet, sizes: InputSizes | None = None,
+                   outputs: Sequence[str] | None = None) -> list[tuple[int, ...]]:
+    """Input shapes to trace with. Every size rule is traced symbolically, so where the net accepts other sizes
+    the trace need not run at its full crop size (a 513x513 ResNet-101 MSC forward pass costs seconds): a
+    small side the net accepts (input_sizes.tracing_side). A net that runs at one size only (or whose
+    weights fix its size) is traced, and exported, at its declared size."""
     declared = [tuple(i.shape) for i in net.spec.inputs]
     for inp, shape in zip(net.spec.inputs, declared):
         if any(d is None for d in shape):
             raise UnsupportedError([(Location(file=net.spec.source), f"input '{inp.name}' has an unknown shape "
                                      f"{shape}; give --input-shape {inp.name}=N,C,H,W")])
-    spatial = [i for i, inp in enumerate(net.spec.inputs) if len(declared[i]) == 4 and inp.role in ("image",
-                                                                                                   "tensor")]
-    if len(spatial) != 1:
-        return declared  # several spatial inputs must agree with each other: keep the declared sizes
-    index = spatial[0]
-    data_dims = {inp.name for inp in net.spec.inputs if inp.role == "data_dim"}  # (N, 1, 1, 2) at any size
-    for size in range(33, max(declared[index][2:]) + 1, 32):
-        trial = copy.deepcopy(net.spec)
-        trial.inputs[index].shape = (1, declared[index][1], size, size)
-        try:
-            blobs = infer_shapes(trial, check=False).blobs
-        except (NetDefinitionError, ValueError):
-            continue
-        if all(min(s[2:]) >= 3 for name, s in blobs.items() if len(s) == 4 and None not in s and name not in data_dims):
-            shapes = list(declared)
-            shapes[index] = (1, declared[index][1], size, size)
-            return shapes
-    return declared
+    wanted = list(outputs or net.output_names)
+    if sizes is None or not spatial_inputs(net.spec, wanted):
+        return declared
+    side = tracing_side(net.spec, sizes, wanted)
+    if side is None:
+        return declared
+    return [tuple(int(d) for d in i.shape) for i in with_input_sizes(net.spec, side=side, outputs=wanted).inputs]
 
 
-def example_inputs(net: CaffeNet) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.zeros(shape) for shape in tracing_shapes(net))
+def dynamic_axes_of(net: CaffeNet, sizes: InputSizes | None, inputs: Sequence[str],
+                    outputs: Sequence[str]) -> dict[str, dict[int, str]]:
+    """The dynamic dimensions of the exported model: batch where the batch size is free, height and width of
+    the image inputs and 4-D outputs where the net accepts other sizes."""
+    if sizes is None:  # no image input: nothing to vary but what the graph computes
+        return {name: {0: f"{name}_batch", 2: f"{name}_height", 3: f"{name}_width"}
+                if len(net.shapes.blobs.get(name, ())) == 4 else {} for name in outputs}
+    image_like = {net.spec.inputs[i].name for i in spatial_inputs(net.spec, list(outputs))}
+    # One batch name per blob: inputs may have different batch sizes (a shared name would tell onnxruntime
+    # they are equal, and it plans buffers by that).
+    dynamic: dict[str, dict[int, str]] = {}
+    ranks = {inp.name: len(inp.shape) for inp in net.spec.inputs}
+    for name in inputs:
+        dynamic[name] = {0: f"{name}_batch"} if sizes.batch_free and ranks.get(name, 0) >= 1 else {}
+        if name in image_like and sizes.size_free:
+            dynamic[name] |= {2: "height", 3: "width"}
+    for name in outputs:
+        shape = net.shapes.blobs.get(name, ())
+        dynamic[name] = {0: f"{name}_batch"} if sizes.batch_free and len(shape) >= 1 else {}
+        if sizes.size_free and len(shape) == 4:
+            dynamic[name] |= {2: f"{name}_height", 3: f"{name}_width"}
+    return dynamic
 
 
 def export_onnx(
@@ -127,22 +149,28 @@ def export_onnx(
     outputs: Sequence[str] | None = None,
     metadata: Mapping[str, object] | None = None,
     opset: int = OPSET,
+    sizes: InputSizes | None = None,
 ) -> Path:
-    """Write `net` as ONNX (atomically) and check it with onnx.checker. Returns the path."""
+    """Write `net` as ONNX (atomically) and check it with onnx.checker. Returns the path. Height and width are
+    dynamic where the net accepts other sizes (`sizes`, default: input_sizes.accepted_input_sizes), fixed at
+    the declared size otherwise; the metadata records which (`dynamic_axes`, `input_sizes`)."""
     import onnx
 
     outputs = list(outputs or net.output_names)
+    unknown = [name for name in outputs if name not in net.shapes.blobs]
+    if unknown:
+        raise NetDefinitionError(f"no blob named {', '.join(unknown)} to export; the net's blobs include "
+                                 f"{', '.join(list(net.shapes.blobs)[-5:])}", Location(net.spec.source))
     check_exportable(net, outputs)
-    args = example_inputs(net)
-    dynamic = {}
-    for inp, tensor in zip(net.spec.inputs, args):
-        if tensor.dim() == 4 and inp.role in ("image", "tensor"):
-            dynamic[inp.name] = {0: "batch", 2: "height", 3: "width"}
-    for name in outputs:
-        shape = net.shapes.blobs.get(name, ())
-        dynamic[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} if len(shape) == 4 else {}
+    if sizes is None and spatial_inputs(net.spec, outputs):
+        sizes = accepted_input_sizes(net.spec, outputs)
     module = _BlobsModule(net, outputs).eval()
-    props = {"converter": f"caffe2torch {__version__}", "netspec_name": net.spec.name, **(metadata or {})}
+    shapes = dict(zip(net.input_names, tracing_shapes(net, sizes, outputs)))
+    args = tuple(torch.zeros(shapes[name]) for name in module.input_names)
+    dynamic = dynamic_axes_of(net, sizes, module.input_names, outputs)
+    props = {"converter": f"caffe2torch {__version__}", "netspec_name": net.spec.name,
+             "dynamic_axes": {name: [AXIS_NAMES[a] for a in sorted(axes)] for name, axes in dynamic.items()},
+             **({"input_sizes": sizes.to_metadata()} if sizes is not None else {}), **(metadata or {})}
     graph_only = io.BytesIO()
     with warnings.catch_warnings(), folded_batchnorm(net):
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes: intended
@@ -150,14 +178,14 @@ def export_onnx(
             # The graph without its weights (they become graph inputs), so that the exporter never holds the
             # model serialised in memory; _write_model streams the weights in. BatchNorm is folded by hand
             # and the shape arithmetic cannot be folded, so constant folding would only cost time.
-            torch.onnx.export(module, args, graph_only, input_names=net.input_names, output_names=outputs,
+            torch.onnx.export(module, args, graph_only, input_names=module.input_names, output_names=outputs,
                               opset_version=opset, dynamic_axes=dynamic, do_constant_folding=False,
                               export_params=False, keep_initializers_as_inputs=True, dynamo=False)
     model = onnx.load_from_string(graph_only.getvalue())
     onnx.checker.check_model(model)  # the graph, with the weights still as typed graph inputs
     tensors = dict(module.named_parameters(remove_duplicate=False)) | dict(module.named_buffers(remove_duplicate=False))
     with atomic_path(path) as tmp:
-        _write_model(model, tensors, set(net.input_names), props, tmp)
+        _write_model(model, tensors, set(module.input_names), props, tmp)
         if tmp.stat().st_size <= FULL_CHECK_BYTES:
             onnx.checker.check_model(str(tmp))  # loading a large model just to check it would double its memory
     return Path(path)

@@ -1,4 +1,4 @@
-"""Build caffe2torch/weights/manifest.json: the known DeepLab models, their published numbers (from
+"""Build caffe2torch/weights/manifest.json: the known DeepLab models, their class names, their published numbers (from
 ../shared/docs/published-numbers.md, with their status) and the layer signature that identifies their
 caffemodels (weight-layer names and blob shapes, inferred from the original prototxts in ../shared/corpus at
 full width, ${EXP}=voc12 and 21 labels, as in the released files).
@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from caffe2torch.definitions import bundled_definition
+from caffe2torch.demo.synthetic import CLASS_NAMES as DEMO_CLASSES
+from caffe2torch.images import VOC_CLASSES
 from caffe2torch.pipeline import read_net
 from caffe2torch.shapes import infer_shapes
 from caffe2torch.util import atomic_write_text
@@ -38,6 +40,7 @@ MODELS = [
         "definition": "deeplab-demo-synthetic",
         "crf_preset": "demo-synthetic",
         "classes": "background, disc, box, triangle, ring",
+        "class_names": DEMO_CLASSES,
         "published": {"status": "demo", "source": "scores of the held-out generated scenes are printed by "
                       "scripts/main.sh; this model has no published numbers"},
     },
@@ -112,7 +115,7 @@ def main() -> int:
             origin = f"caffe2torch/prototxt/{entry['definition']}.prototxt"
         spec = read_net(source, defines={"NUM_LABELS": "21", "EXP": "voc12"})
         shared = sorted({layer for layer, _ in spec.shared_parameters()})
-        models.append({"classes": VOC, **{k: v for k, v in entry.items() if k != "corpus"},
+        models.append({"classes": VOC, "class_names": VOC_CLASSES, **{k: v for k, v in entry.items() if k != "corpus"},
                        "source_prototxt": origin, "signature": signature(spec), "shared_layers": shared})
     atomic_write_text(ROOT / "caffe2torch" / "weights" / "manifest.json", json.dumps({"models": models}, indent=1))
     print(f"wrote {len(models)} models")

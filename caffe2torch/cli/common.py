@@ -101,10 +101,11 @@ crf_device_option = click.option(
 
 
 def crf_settings(backend, preset: str | None, overrides: str):
-    """The CRF parameters of a run: the preset asked for (else the model's own), with --crf-params applied."""
-    from caffe2torch.crf import crf_preset, parse_crf_overrides
+    """The CRF setting of a run (runner.crf_setting): the preset asked for (RGB colours), else the model's own
+    (the net's DenseCRF layer with the colours it saw, or the model's preset), with --crf-params applied."""
+    from caffe2torch.runner import crf_setting
 
     try:
-        return parse_crf_overrides(crf_preset(preset or backend.info.crf_preset), overrides)
+        return crf_setting(backend.info, preset, overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--crf-preset/--crf-params") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,12 +10,16 @@ import click
 
 from caffe2torch.artifact import save_artifact
 from caffe2torch.caffemodel import read_caffemodel
+from caffe2torch.class_names import model_class_names, read_class_names
 from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.crf import crf_preset as crf_preset_params
 from caffe2torch.definitions import bundled_definition
+from caffe2torch.errors import Location, NetDefinitionError
 from caffe2torch.images import list_images, read_image
+from caffe2torch.in_net_crf import runner_outputs
+from caffe2torch.input_sizes import known_input_sizes
 from caffe2torch.known_models import identify, known_model
-from caffe2torch.onnx_export import export_onnx
+from caffe2torch.onnx_export import check_exportable, export_onnx
 from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
 from caffe2torch.quantize import quantize_int8
 from caffe2torch.runner import model_info
@@ -43,20 +48,26 @@ INT8_NAME = "model.int8.onnx"
 @click.option("--int8", "int8_images", type=click.Path(exists=True), default=None, metavar="IMAGES",
               help="Also write model.int8.onnx, calibrated on these images (a folder; up to 16 are used).")
 @click.option("--crf-preset", default=None, metavar="NAME", help="CRF preset recorded for deeplab-run "
-              "(default: v1 for DeepLab v1 nets, v2 otherwise).")
+              "(default: the net's own DenseCRF layer if it has one, else v1 for DeepLab v1 nets, v2 otherwise).")
+@click.option("--classes", default=None, metavar="FILE|A,B,...", help="Class names: a file with one name per "
+              "line, or a comma list; as many as the net's output channels (default: a known model's, VOC's "
+              "for 21 channels, else class_0..class_N-1).")
 @reports_errors
 def main(files, model_id, outdir, defines, phase, input_shapes, inputs, reference, tol, write_onnx,
-         onnx_outputs, int8_images, crf_preset):
+         onnx_outputs, int8_images, crf_preset, classes):
     """Convert PROTOTXT + CAFFEMODEL (or a known model's bundled definition + CAFFEMODEL with --model ID) into
     OUTDIR/model.safetensors, a file that caffe2torch.load() turns back
     into a ready torch module without pickle, prototxt or caffemodel, and OUTDIR/model.onnx for onnxruntime
-    (deeplab-run --onnx), which carries its preprocessing, class names and CRF preset as metadata.
+    (deeplab-run --onnx), which carries its preprocessing, input sizes, class names and CRF setting as metadata.
+    A net with DeepLab's DenseCRF layer inside is exported up to the CRF's scores input; the layer's
+    parameters become the model's CRF setting (deeplab-run --crf).
 
     \b
     Examples:
       deeplab-convert test.prototxt train_iter_20000.caffemodel --define NUM_LABELS=21 --define EXP=voc12
       deeplab-convert --model deeplab-v2-resnet101-msc train_iter_20000.caffemodel -o resnet
       deeplab-convert net.prototxt net.caffemodel --inputs inputs.npz --reference blobs.npz --int8 photos/
+      deeplab-convert net.prototxt net.caffemodel --classes background,road,car
     """
     if bool(inputs) != bool(reference):
         raise click.UsageError("--inputs and --reference go together")
@@ -68,6 +79,12 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
         prototxt, caffemodel = files
     else:
         raise click.UsageError("give PROTOTXT and CAFFEMODEL, or --model ID and CAFFEMODEL")
+    if crf_preset is not None:
+        try:
+            crf_preset_params(crf_preset)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--crf-preset") from None
+    given_classes = read_class_names(classes) if classes is not None else None
     started = time.perf_counter()
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
     arrays = load_npz(inputs, "inputs") if inputs else None
@@ -78,42 +95,49 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     echo_notes(spec.notes)
     for dropped in spec.dropped:
         click.echo(f"dropped {dropped.name} ({dropped.type}): {dropped.reason}", err=True)
+    known = identify(model)
+    if known:
+        click.echo(f"recognised {known.name} ({known.id})")
+    # Everything that can be refused is checked before anything is written.
+    requested = [o for o in onnx_outputs.split(",") if o] or None
+    missing = [o for o in requested or [] if o not in net.shapes.blobs]
+    if missing:
+        raise NetDefinitionError(f"--onnx-outputs names no blob of the net: {', '.join(missing)}", Location(prototxt))
+    chosen = runner_outputs(spec, requested)
+    echo_notes(chosen.notes)
+    preset = crf_preset or (known.crf_preset if known and chosen.crf is None else None)
+    sizes = known_input_sizes(spec, chosen.outputs)
+    shape = net.shapes.blobs[chosen.outputs[0]]
+    channels = shape[1] if len(shape) > 1 else None
+    names = model_class_names(channels, given_classes, known.class_names if known else None)
+    info = model_info(spec, preset, chosen.outputs, names, sizes)
+    info.model_id = known.id if known else None
+    if write_onnx:
+        check_exportable(net, chosen.outputs)
+    images = [read_image(p) for p in list_images([int8_images])[:16]] if int8_images and write_onnx else None
+    if int8_images and not write_onnx:
+        raise click.UsageError("--int8 needs the ONNX export (drop --no-onnx)")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     artifact = out / ARTIFACT_NAME
-    known = identify(model)
-    preset = crf_preset or (known.crf_preset if known else ("v1" if spec.dialect == "deeplab_v1" else "v2"))
-    try:
-        crf_preset_params(preset)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--crf-preset") from None
-    if known:
-        click.echo(f"recognised {known.name} ({known.id})")
     sources = {
-        "model_id": known.id if known else "", "crf_preset": preset,
+        "model_id": known.id if known else "", "crf_preset": info.crf_preset or "",
         "source_prototxt": str(prototxt), "source_prototxt_sha256": file_sha256(prototxt),
         "source_caffemodel": str(caffemodel), "source_caffemodel_sha256": file_sha256(caffemodel),
     }
-    save_artifact(net, artifact, sources)
+    if write_onnx:
+        metadata = {**sources, **info.to_metadata()}
+        export_onnx(net, out / ONNX_NAME, chosen.outputs, metadata, sizes=sizes)
+        shape = "see its metadata" if sizes is None else sizes.describe()
+        click.echo(f"wrote {out / ONNX_NAME} (onnxruntime, output {', '.join(chosen.outputs)}; {shape})")
+    save_artifact(net, artifact, {**sources, "runner": json.dumps(info.to_metadata())})
     params = sum(p.numel() for p in net.parameters())
     click.echo(f"wrote {artifact} ({len(spec.layers)} layers, {params:,} parameters, "
                f"{len(loaded.loaded)} layers with weights) in {time.perf_counter() - started:.1f} s")
-    if write_onnx:
-        outputs = [o for o in onnx_outputs.split(",") if o] or None
-        info = model_info(spec, preset)
-        info.model_id = known.id if known else None
-        if outputs:
-            info.output_name = outputs[0]
-        metadata = {**sources, **info.to_metadata()}
-        export_onnx(net, out / ONNX_NAME, outputs, metadata)
-        click.echo(f"wrote {out / ONNX_NAME} (onnxruntime; dynamic batch, height and width)")
-        if int8_images:
-            paths = list_images([int8_images])[:16]
-            images = [read_image(p) for p in paths]
-            quantize_int8(out / ONNX_NAME, out / INT8_NAME, spec, images, info)
-            click.echo(f"wrote {out / INT8_NAME} (int8, calibrated on {len(images)} image(s))")
-    elif int8_images:
-        raise click.UsageError("--int8 needs the ONNX export (drop --no-onnx)")
+    click.echo(f"classes: {describe_classes(info.class_names)}; CRF setting: {describe_crf_default(info)}")
+    if images is not None:
+        quantize_int8(out / ONNX_NAME, out / INT8_NAME, spec, images, info)
+        click.echo(f"wrote {out / INT8_NAME} (int8, calibrated on {len(images)} image(s))")
     if arrays is not None:
         report = verify_torch(net, arrays, load_npz(reference, "reference"), tol)
         atomic_write_text(out / "parity.json", report.to_json())
@@ -121,6 +145,20 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
         click.echo(f"wrote {out / 'parity.json'}")
         if not report.ok:
             raise SystemExit(1)
+
+
+def describe_classes(names: list[str]) -> str:
+    shown = ", ".join(names[:6]) + (f", ... {names[-1]}" if len(names) > 6 else "")
+    return f"{len(names)} ({shown})"
+
+
+def describe_crf_default(info) -> str:
+    if info.crf_setting is not None:
+        params = info.crf_setting["params"]
+        return (f"the net's DenseCRF layer '{info.crf_setting['layer']}' ({params['max_iter']} iterations, "
+                f"colours: {info.crf_setting['colours']})")
+    return f"preset {info.crf_preset}"
+
 
 if __name__ == "__main__":
     main()

@@ -14,8 +14,8 @@ from caffe2torch.cli.common import crf_device_option, crf_settings, reports_erro
 from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams
 from caffe2torch.errors import CaffeError
 from caffe2torch.images import list_images, overlay, read_image, write_label_png, write_rgb_png
-from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, postprocess
-from caffe2torch.util import atomic_path, worker_pool
+from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, legend_json, postprocess
+from caffe2torch.util import atomic_path, atomic_write_text, worker_pool
 
 
 def finish_image(stem: str, rgb: np.ndarray, logits: np.ndarray, crf: CRFParams | None, outdir: str,
@@ -64,8 +64,8 @@ def parse_scales(text: str) -> tuple[float, ...]:
 def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_device, scales, flip, fuse,
          save_probs, jobs, threads):
     """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
-    PNG), <name>_overlay.png and, with --save-probs, the class probabilities. A bad image is reported and
-    skipped; the exit status is 1 if any image failed.
+    PNG), <name>_overlay.png and, with --save-probs, the class probabilities; OUTDIR/legend.json names each
+    label and its colour. A bad image is reported and skipped; the exit status is 1 if any image failed.
 
     \b
     Examples:
@@ -87,6 +87,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     if not paths:
         raise CaffeError("no images found in " + ", ".join(images))
     Path(outdir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(outdir) / "legend.json", legend_json(backend.info))
     failed: list[str] = []
     pool = worker_pool(jobs) if jobs > 1 else None
     pending: dict[futures.Future, Path] = {}
@@ -145,7 +146,8 @@ def default_threads(threads: int | None, jobs: int, crf: bool) -> int:
 
 def describe(params: CRFParams) -> str:
     return (f"{params.max_iter} iterations, positional w={params.pos_w} xy={params.pos_xy_std}, "
-            f"bilateral w={params.bi_w} xy={params.bi_xy_std} rgb={params.bi_rgb_std}")
+            f"bilateral w={params.bi_w} xy={params.bi_xy_std} rgb={params.bi_rgb_std}"
+            + (f"; {params.source}, colours {params.colours}" if getattr(params, "source", "") else ""))
 
 
 def unique_stem(path: Path, taken: set[str]) -> str:
