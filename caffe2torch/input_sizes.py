@@ -154,6 +154,12 @@ def spatial_inputs(spec: NetSpec, outputs: list[str] | None = None) -> list[int]
             if len(inp.shape) == 4 and inp.role in SPATIAL_ROLES and inp.name in used]
 
 
+def same_spatial_size(spec: NetSpec, outputs: list[str] | None = None) -> bool:
+    """Whether every image-like input declares the same height and width: then they are probed (and traced)
+    together, all grown by the same offset, as the feature maps and edge maps of one image are."""
+    return len({tuple(spec.inputs[i].shape[2:]) for i in spatial_inputs(spec, outputs)}) == 1
+
+
 def declared_image_size(spec: NetSpec, outputs: list[str] | None = None) -> tuple[int, int] | None:
     """The declared (height, width) of the net's first image-like input; None when it has none."""
     indexes = spatial_inputs(spec, outputs)
@@ -208,8 +214,8 @@ def accepted_input_sizes(spec: NetSpec, outputs: list[str] | None = None) -> Inp
     base = infer_shapes(spec, check=False)
     batch_report = probe(with_input_sizes(spec, batch=2))
     batch_free = batch_report is not None and _same_weights(batch_report, base)
-    if len(spatial_inputs(spec, outputs)) != 1:
-        return fixed_sizes(*declared, batch_free=batch_free)  # several images must agree: keep their sizes
+    if not same_spatial_size(spec, outputs):
+        return fixed_sizes(*declared, batch_free=batch_free)  # images of different sizes: keep their sizes
     watched = [o for o in outputs if len(base.blobs.get(o, ())) == 4]
 
     def accepted(offset: int) -> ShapeReport | None:
@@ -263,14 +269,16 @@ def tracing_side(spec: NetSpec, sizes: InputSizes, outputs: list[str] | None = N
     net accepts at which every feature map keeps at least 3 pixels a side (none degenerates to the sizes
     where Interp's copy path or a 1-pixel map would bake a different branch into the graph). None: trace at
     the declared size (fixed-size nets, and nets with no such side below their declared size)."""
-    if not sizes.size_free or len(spatial_inputs(spec, outputs)) != 1:
+    if not sizes.size_free or not same_spatial_size(spec, outputs):
         return None
+    not_maps = {inp.name for inp in spec.inputs if inp.role == "data_dim"}  # (N, 1, 1, 2) at any size
     for side in range(33, max(sizes.declared) + 1, 32):
         if not sizes.accepts(side, side):
             continue
         report = probe(with_input_sizes(spec, side=side, outputs=outputs))
         if report is None:
             continue
-        if all(min(s[2:]) >= 3 for s in report.blobs.values() if len(s) == 4 and None not in s):
+        if all(min(s[2:]) >= 3 for name, s in report.blobs.items()
+               if len(s) == 4 and None not in s and name not in not_maps):
             return side
     return None

@@ -293,7 +293,9 @@ def onnx_blobs(path, inputs):
 
 def test_edge_net_in_torch_and_onnxruntime_at_sizes_other_than_the_traced_one(tmp_path):
     net = net_from_text(EDGE_NET)
-    assert tracing_shapes(net)[0][2:] != (65, 65)  # the export traces at a small size
+    from caffe2torch.input_sizes import accepted_input_sizes
+
+    assert tracing_shapes(net, accepted_input_sizes(net.spec))[0][2:] != (65, 65)  # traced at a small size
     write_random_weights(net, tmp_path / "w.caffemodel")
     load_caffemodel_weights(net, tmp_path / "w.caffemodel")
     export_onnx(net, tmp_path / "dt.onnx", ["edge", "dt", "dtf"])

@@ -22,6 +22,7 @@ from caffe2torch.input_sizes import SideSizes, accepted_input_sizes
 from caffe2torch.onnx_export import read_onnx_metadata
 from caffe2torch.pipeline import read_net
 from caffe2torch.runner import (
+    OnnxBackend,
     TorchBackend,
     crf_image,
     crf_setting,
@@ -290,13 +291,9 @@ def test_crf_preset_at_convert_replaces_the_layers_setting(tmp_path):
 
 
 def test_data_dim_is_fed_from_each_image(tmp_path):
-    """DomainTransform reads data_dim: the torch backend feeds each image's valid size (the ONNX export is
-    refused up front, before anything is written)."""
+    """DomainTransform reads data_dim: both backends feed each image's valid size."""
     prototxt, caffemodel = write_model(tmp_path, DT_NET)
-    refused = invoke(convert, [prototxt, caffemodel, "-o", tmp_path / "refused"])
-    assert refused.exit_code == 2 and "DomainTransform has no ONNX lowering" in refused.output
-    assert not (tmp_path / "refused").exists()
-    result = invoke(convert, [prototxt, caffemodel, "-o", tmp_path / "out", "--no-onnx"])
+    result = invoke(convert, [prototxt, caffemodel, "-o", tmp_path / "out"])
     assert result.exit_code == 0, result.output
     backend = TorchBackend(tmp_path / "out" / "model.safetensors")
     assert backend.info.output_name == "dt" and backend.data_dim_inputs == ["data_dim"]
@@ -311,6 +308,8 @@ def test_data_dim_is_fed_from_each_image(tmp_path):
         valid = backend.net.run({"data": torch.from_numpy(batch),
                                  "data_dim": torch.tensor([[[[40.0, 50.0]]]])})["dt"][0].numpy()
     np.testing.assert_array_equal(ours, valid[:, :40, :50])  # ...and the runner feeds the image's
+    onnx = image_logits(OnnxBackend(tmp_path / "out" / "model.onnx"), rgb)
+    np.testing.assert_allclose(onnx, ours, rtol=1e-5, atol=1e-5 * np.abs(ours).max())
     ran = invoke(run, ["--model", tmp_path / "out" / "model.safetensors", _save(tmp_path / "x.png", rgb),
                        "-o", tmp_path / "seg"])
     assert ran.exit_code == 0, ran.output
