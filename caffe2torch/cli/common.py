@@ -3,16 +3,44 @@ prints one clear line (file, line, layer) instead of a traceback. CAFFE2TORCH_DE
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import click
 
 from caffe2torch.errors import CaffeError
 
 EXIT_USER_ERROR = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C: the command stops where it is, cleans up and says so."""
+
+    signal_number = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, so that
+    `kill`, `timeout` and service managers stop it as cleanly as Ctrl-C: finally blocks run, worker pools shut
+    down, no temporary file is left. The previous handler comes back afterwards."""
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread (e.g. a library call from a thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_defines(values: tuple[str, ...]) -> dict[str, str]:
@@ -57,15 +85,17 @@ def reports_errors(func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         debug = os.environ.get("CAFFE2TORCH_DEBUG") == "1"
         try:
-            return func(*args, **kwargs)
+            with terminate_like_interrupt():
+                return func(*args, **kwargs)
         except CaffeError as exc:
             if debug:
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated); a command may add what to do next
+            name = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"{name}{': ' + str(exc) if str(exc) else ''}", err=True)
+            sys.exit(128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT))
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
@@ -76,6 +106,30 @@ def reports_errors(func: Callable) -> Callable:
             sys.exit(1)
 
     return wrapper
+
+
+def max_pixels_option(func: Callable) -> Callable:
+    """--max-pixels for commands that read images: the limit checked in each image's header before decoding."""
+    from caffe2torch.images import DEFAULT_MAX_PIXELS
+
+    return click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+                        help="Skip images with more pixels (width x height, read from the header before "
+                             "decoding; also per test scale). Memory grows with it.")(func)
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's own decompression-bomb limit (it refuses images over twice Image.MAX_IMAGE_PIXELS, 179
+    Mpixels by default, when it opens them) to --max-pixels when that is higher, so that the option can allow
+    larger images; never lowered (our own check, in the header, enforces --max-pixels)."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def interrupted_with(exc: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
+    """The same interrupt (Ctrl-C or SIGTERM), carrying what the command wants the user to know."""
+    return type(exc)(message)
 
 
 def echo_notes(notes: list[str]) -> None:
