@@ -238,7 +238,8 @@ def evaluate_model(
                     totals[variant] += matrix
                 result.images += 1
             elif isinstance(outcome.error, OutputError) and outcome.error.fatal:
-                raise outcome.error
+                raise OutputError(f"{outcome.error.message}; running the same command again resumes from the "
+                                  "predictions saved so far", outcome.error.location, fatal=True)
             else:
                 result.skipped.append(describe_failure(by_id[outcome.key].image, outcome.error))
 
@@ -261,7 +262,8 @@ def evaluate_model(
                         write_rgb_png(out / "overlays" / f"{sample.id}.png", overlay(rgb, labels))
                 except OutputError as exc:
                     if exc.fatal:
-                        raise
+                        raise OutputError(f"{exc.message}; running the same command again resumes from the "
+                                          "predictions saved so far", exc.location, fatal=True) from None
                     result.skipped.append(describe_failure(sample.image, exc))
                     continue
                 except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's

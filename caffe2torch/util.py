@@ -91,7 +91,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; lone surrogates (file names that are not valid UTF-8, quoted in a report) become \\udcXX."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

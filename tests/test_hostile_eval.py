@@ -157,3 +157,25 @@ def test_bad_options_are_usage_errors(model, voc, tmp_path):
                  ["--crf-params", "bi_xy_std=1e-30"]):
         result = deeplab_eval("--onnx", model, "--voc-root", root, "-o", tmp_path / "r", *args)
         assert result.exit_code == 2, (args, result.output)
+
+
+def test_a_full_disk_stops_eval_with_exit_2_and_how_to_resume(model, voc, tmp_path, monkeypatch):
+    import errno
+
+    import caffe2torch.util as util
+
+    real = util._publish
+
+    def no_space_for_predictions(tmp, path):
+        if "predictions" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tmp, path)
+
+    monkeypatch.setattr(util, "_publish", no_space_for_predictions)
+    root, ids = voc
+    out = tmp_path / "r"
+    result = deeplab_eval("--onnx", model, "--voc-root", root, "-o", out)
+    assert result.exit_code == 2, result.output
+    assert f"{ids[0]}.png: cannot write: No space left on device; running the same command again resumes" \
+        in result.output
+    assert not list(out.rglob("*.part")) and not (out / "results.json").exists()

@@ -14,10 +14,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from caffe2torch.batch import BatchPool, WorkerDied
-from caffe2torch.cli import run
+from caffe2torch.cli import convert, run
+from caffe2torch.cli.common import per_core_limit
 from caffe2torch.outputs import RunJournal, assign_stems
 
-from .runtime_helpers import convert_tiny_model, png_with_header, save_photo, tree_digest
+from .conftest import net_from_text, write_random_weights
+from .runtime_helpers import TINY_NET, convert_tiny_model, png_with_header, save_photo, tree_digest
 from .worker_tasks import crash_on_two
 
 
@@ -234,3 +236,39 @@ def test_a_worker_that_dies_fails_only_its_own_image():
     assert sorted(by_key) == [0, 1, 2, 3, 4, 9]
     assert isinstance(by_key[2].error, WorkerDied) and "died while processing" in str(by_key[2].error)
     assert all(by_key[k].result == k * k for k in (0, 1, 3, 4, 9))
+
+
+def test_worker_and_thread_counts_are_bounded(model, photos, tmp_path):
+    for option in ("--jobs", "--threads"):
+        result = deeplab_run(model, photos, "-o", tmp_path / "out", option, str(per_core_limit() + 1))
+        assert result.exit_code == 2 and f"is more than {per_core_limit()}" in result.output
+
+
+def test_a_one_pixel_tall_panorama_is_refused_for_its_padded_size(model, tmp_path):
+    """40000x1 is within --max-pixels, but the net would see it padded to 40001x33: the padded input is
+    bounded too (by twice the limit)."""
+    Image.fromarray(np.zeros((1, 40000, 3), np.uint8)).save(tmp_path / "strip.png")
+    result = deeplab_run(model, tmp_path / "strip.png", "-o", tmp_path / "out", "--max-pixels", "50000")
+    assert result.exit_code == 1
+    assert "the 40000x1 image is 40000x1, which the net sees padded to 40001x33 = 1320033 pixels" in result.output
+
+
+def test_file_names_that_are_not_utf8_are_printed_escaped(model, photos, tmp_path):
+    name = os.fsdecode(b"broken\xfe.jpg")
+    (photos / name).write_bytes(b"not an image")
+    save_photo(photos / os.fsdecode(b"good\xff.png"), 3)
+    out = tmp_path / "out"
+    result = deeplab_run(model, photos, "-o", out)
+    assert result.exit_code == 1 and "broken\\udcfe.jpg: not an image file" in result.output
+    assert (out / os.fsdecode(b"good\xff.png")).is_file()
+
+
+def test_a_model_with_more_classes_than_a_label_png_holds_is_refused(tmp_path, photos):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    (folder / "net.prototxt").write_text(TINY_NET.replace("num_output: 21", "num_output: 300"))
+    write_random_weights(net_from_text((folder / "net.prototxt").read_text()), folder / "net.caffemodel")
+    assert CliRunner().invoke(convert.main, [str(folder / "net.prototxt"), str(folder / "net.caffemodel"), "-o",
+                                             str(folder)]).exit_code == 0
+    result = deeplab_run(folder / "model.onnx", photos, "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "the model gives 300 classes; label PNGs hold at most 256" in result.output

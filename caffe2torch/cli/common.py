@@ -78,12 +78,21 @@ def net_options(func: Callable) -> Callable:
     return func
 
 
+def print_any_file_name() -> None:
+    """File names need not be valid UTF-8 (Python keeps the undecodable bytes as lone surrogates): print
+    them as \\udcXX escapes instead of failing with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def reports_errors(func: Callable) -> Callable:
     """Turn library errors into `error: ...` on stderr and exit status 2; never a raw traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         debug = os.environ.get("CAFFE2TORCH_DEBUG") == "1"
+        print_any_file_name()
         try:
             with terminate_like_interrupt():
                 return func(*args, **kwargs)
@@ -96,6 +105,10 @@ def reports_errors(func: Callable) -> Callable:
             name = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
             click.echo(f"{name}{': ' + str(exc) if str(exc) else ''}", err=True)
             sys.exit(128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT))
+        except BrokenPipeError:  # the reader went away (`deeplab-run ... | head`): stop quietly, as cat does
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + signal.SIGPIPE)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
@@ -106,6 +119,28 @@ def reports_errors(func: Callable) -> Callable:
             sys.exit(1)
 
     return wrapper
+
+
+def per_core_limit() -> int:
+    """The most worker processes or net threads a command starts: 4 per core, at least 8. More only
+    oversubscribe the cores, and each worker is a Python process with its own memory (a typo like --jobs 1000
+    would start a thousand)."""
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
+def _bounded_count(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value > per_core_limit():
+        raise click.BadParameter(f"{value} is more than {per_core_limit()} (4 per core, at least 8)")
+    return value
+
+
+def parallelism_options(func: Callable) -> Callable:
+    """--jobs and --threads, as deeplab-run and deeplab-eval take them."""
+    func = click.option("--threads", type=click.IntRange(min=1), default=None, callback=_bounded_count,
+                        help="Threads for the network [default: all cores; half of them beside CRF workers].")(func)
+    return click.option("--jobs", type=click.IntRange(min=1), default=None, callback=_bounded_count,
+                        help="Worker processes for the CRF, scoring and writing [default: one per core with --crf, "
+                             "else 1].")(func)
 
 
 def max_pixels_option(func: Callable) -> Callable:

@@ -15,9 +15,17 @@ from caffe2torch.cli.common import (
     crf_settings,
     echo_notes,
     max_pixels_option,
+    parallelism_options,
     reports_errors,
 )
-from caffe2torch.cli.run import check_logits, check_scaled_size, default_jobs, default_threads, parse_scales
+from caffe2torch.cli.run import (
+    check_class_count,
+    check_logits,
+    check_scaled_size,
+    default_jobs,
+    default_threads,
+    parse_scales,
+)
 from caffe2torch.crf import PRESET_ALIASES, PRESETS
 from caffe2torch.errors import CaffeError, Location
 from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_samples, write_reports
@@ -44,10 +52,7 @@ from caffe2torch.util import atomic_write_text, file_sha256
 @click.option("--scales", default="1", show_default=True)
 @click.option("--flip", is_flag=True)
 @click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True)
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker processes for CRF and scoring [default: one per core with --crf, else 1].")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads for the network [default: all cores; half of them beside CRF workers].")
+@parallelism_options
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
 @max_pixels_option
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -96,6 +101,7 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     jobs = default_jobs(jobs, crf_in_workers)
     threads = default_threads(threads, jobs, crf_in_workers)
     backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    check_class_count(backend)
     class_names = list(backend.info.class_names)
     params = crf_settings(backend, crf_preset, crf_params) if crf else None
     settings = {"model": str(model_file), "model_sha256": file_sha256(model_file), "dataset": dataset,
@@ -106,7 +112,7 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     check_resume(out, settings, resume)
 
     def logits(b, rgb):
-        check_scaled_size(rgb, scale_list, max_pixels)
+        check_scaled_size(rgb, scale_list, max_pixels, b.info.crop_size)
         result = image_logits(b, rgb, scale_list, flip, fuse)
         check_logits(result)
         return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -18,6 +19,7 @@ from caffe2torch.cli.common import (
     echo_notes,
     interrupted_with,
     max_pixels_option,
+    parallelism_options,
     reports_errors,
 )
 from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, check_scores
@@ -31,7 +33,7 @@ from caffe2torch.outputs import (
     distinct_inputs,
     prepare_output_folder,
 )
-from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, postprocess
+from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, padded_size, postprocess
 from caffe2torch.util import atomic_path, file_sha256
 
 MAX_SCALES = 16
@@ -64,14 +66,37 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def check_scaled_size(rgb: np.ndarray, scales: tuple[float, ...], max_pixels: int) -> None:
-    """Refuse an image that some test scale would blow up past --max-pixels, before the net allocates it."""
+def check_scaled_size(rgb: np.ndarray, scales: tuple[float, ...], max_pixels: int,
+                      crop_size: int | None = None) -> None:
+    """Refuse an image that some test scale would blow up past --max-pixels, or whose padded net input would
+    exceed twice that (padding to the 32k+1 grid adds up to 32 rows and columns: a 16-million-pixel image one
+    pixel tall would become a 33-pixel-tall input of 550 million pixels), before the net allocates anything.
+    Padding up to the model's own crop size is always allowed."""
     height, width = rgb.shape[:2]
     for scale in scales:
         h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        where = (f"at scale {scale:g} the {width}x{height} image becomes" if scale != 1
+                 else f"the {width}x{height} image is")
         if h * w > max_pixels:
-            raise CaffeError(f"at scale {scale:g} the {width}x{height} image becomes {w}x{h} = {h * w} pixels, over "
-                             f"the limit of {max_pixels} (--max-pixels)")
+            raise CaffeError(f"{where} {w}x{h} = {h * w} pixels, over the limit of {max_pixels} (--max-pixels)")
+        padded_h, padded_w = padded_size(h, w, crop_size)
+        if padded_h * padded_w > max(2 * max_pixels, (crop_size or 0) ** 2):
+            raise CaffeError(f"{where} {w}x{h}, which the net sees padded to {padded_w}x{padded_h} = "
+                             f"{padded_h * padded_w} pixels, over twice the limit of {max_pixels} (--max-pixels)")
+
+
+def check_class_count(backend) -> None:
+    """Label PNGs hold labels 0..255: refuse a model with more classes before any image is run (the output's
+    channel count when the ONNX graph states it, else the model's class names)."""
+    classes = None
+    session = getattr(backend, "session", None)
+    if session is not None:
+        for output in session.get_outputs():
+            if output.name == backend.info.output_name and len(output.shape) > 1 and isinstance(output.shape[1], int):
+                classes = output.shape[1]
+    classes = classes or len(backend.info.class_names)
+    if classes > MAX_LABELS:
+        raise CaffeError(f"the model gives {classes} classes; label PNGs hold at most {MAX_LABELS}")
 
 
 def check_logits(logits: np.ndarray) -> None:
@@ -97,10 +122,7 @@ def check_logits(logits: np.ndarray) -> None:
 @click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True,
               help="How scales and flips are fused.")
 @click.option("--save-probs", is_flag=True, help="Also write <image>_probs.npy (C x H x W, float16).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker processes for CRF and writing [default: one per core with --crf, else 1].")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads for the network [default: all cores; half of them beside CRF workers].")
+@parallelism_options
 @max_pixels_option
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Skip images this output folder already holds from a run with the same settings.")
@@ -134,6 +156,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     out = prepare_output_folder(outdir)
     check_inputs_outside(out, paths)
     backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    check_class_count(backend)
     params = crf_settings(backend, crf_preset, crf_params) if use_crf else None
     echo_notes(notes)
     model_file = onnx_path or artifact
@@ -152,7 +175,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     def fail(path: Path, exc: BaseException) -> None:
         message = describe_failure(path, exc)
         failed.append(message)
-        tqdm.write(f"skipped: {message}", file=click.get_text_stream("stderr"))
+        tqdm.write(f"skipped: {message}", file=sys.stderr)
 
     def handle(outcomes) -> None:
         nonlocal done
@@ -175,7 +198,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
                     continue
                 try:
                     rgb = read_image(path, max_pixels)
-                    check_scaled_size(rgb, scale_list, max_pixels)
+                    check_scaled_size(rgb, scale_list, max_pixels, backend.info.crop_size)
                     logits = image_logits(backend, rgb, scale_list, flip, fuse)
                     check_logits(logits)
                 except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's
