@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -121,6 +122,28 @@ def _init_worker(retain_memory: bool, parent_pid: int | None = None) -> None:
         die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked since birth (`interrupts_deferred`); ignored from now on
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
+
+
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread for the block. A process started inside inherits the blocked
+    mask through fork and exec, so a Ctrl-C (which reaches the whole process group) cannot kill a worker
+    that is still starting, before its initializer ignores interrupts, with a traceback; here the signal
+    stays pending and is delivered when the block ends. (multiprocessing's resource tracker is started the
+    same way.)"""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -186,8 +209,17 @@ def worker_pool(jobs: int, retain_memory: bool = True):
     this process dies, and then the resource tracker sees its pipe close and exits. Spawning costs about as
     much as forking from the server here (0.2 s for two workers). `retain_memory=False` leaves glibc's
     allocator as it is (benchmarks/crf.py compares the two)."""
-    import concurrent.futures
     import multiprocessing
 
-    return concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_init_worker, initargs=(retain_memory, os.getpid()))
+    with interrupts_deferred():  # the resource tracker may start here
+        return _WorkerPool(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                           initializer=_init_worker, initargs=(retain_memory, os.getpid()))
+
+
+class _WorkerPool(concurrent.futures.ProcessPoolExecutor):
+    """A ProcessPoolExecutor whose workers, started on demand by submit(), are born with interrupts blocked
+    (`interrupts_deferred`)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        with interrupts_deferred():
+            return super().submit(fn, *args, **kwargs)

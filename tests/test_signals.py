@@ -157,3 +157,39 @@ def test_eval_sigterm_stops_cleanly_and_resumes_from_its_predictions(model, tmp_
     wait_for(lambda: not any(alive(pid) for pid in helpers), 15, "the workers to exit")
     code, output = finish(start("caffe2torch.cli.eval", command))
     assert code == 0 and "8 image(s) scored" in output and "resumed: " in output, output
+
+
+_CTRL_C_STORM = """
+import os, signal, sys, threading, time
+from caffe2torch.util import worker_pool
+from tests.worker_tasks import square
+
+received = []
+signal.signal(signal.SIGINT, lambda *_: received.append(1))  # this process counts them, workers must survive
+stop = threading.Event()
+
+def storm():
+    while not stop.is_set():
+        os.killpg(os.getpgrp(), signal.SIGINT)
+        time.sleep(0.002)
+
+thread = threading.Thread(target=storm)
+thread.start()
+try:
+    for _ in range(3):
+        with worker_pool(2) as pool:
+            assert list(pool.map(square, range(6))) == [k * k for k in range(6)]
+finally:
+    stop.set()
+    thread.join()
+print("ok", len(received) > 0)
+"""
+
+
+def test_workers_starting_during_a_ctrl_c_storm_survive_without_traceback():
+    """Ctrl-C reaches the whole process group, also workers that are still starting (before their
+    initializer ignores it): they are born with interrupts blocked, so none dies with a traceback."""
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_STORM], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok True", run.stdout + run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-3000:]
