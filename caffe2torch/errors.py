@@ -84,5 +84,17 @@ class WeightsMismatchError(CaffeModelError):
         CaffeError.__init__(self, where + "weights do not match the net:\n  " + "\n  ".join(parts))
 
 
+class OutputError(CaffeError):
+    """An output cannot be written. `fatal`: the output folder as a whole cannot take more (disk full, quota,
+    read-only file system), so a batch must stop rather than fail every remaining image one by one."""
+
+    def __init__(self, message: str, location: Location | None = None, fatal: bool = False):
+        super().__init__(message, location)
+        self.fatal = fatal
+
+    def __reduce__(self):  # keeps `fatal` (and the message) across processes
+        return (OutputError, (self.message, self.location, self.fatal))
+
+
 class ArtifactError(CaffeError):
     """A converted artifact that cannot be read."""

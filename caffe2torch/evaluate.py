@@ -9,21 +9,25 @@ kill at any moment leaves no corrupt file (a `.part` file is never read back).
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import json
+import os
+import posixpath
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from caffe2torch.crf import CRFParams, crf_probabilities
-from caffe2torch.errors import CaffeError, Location
-from caffe2torch.images import overlay, read_image, write_label_png, write_rgb_png
+from caffe2torch.batch import BatchPool, describe_failure
+from caffe2torch.crf import CRFParams, check_scores, crf_probabilities
+from caffe2torch.errors import CaffeError, Location, OutputError
+from caffe2torch.images import DEFAULT_MAX_PIXELS, overlay, read_image, read_label_image, write_label_png, write_rgb_png
 from caffe2torch.metrics import Scores, confusion_matrix, scores_from_confusion
 from caffe2torch.runner import crf_image, softmax
-from caffe2torch.util import worker_pool
+
+# A list file larger than this is refused before it is read (VOC's largest, train_aug, is 0.6 MB).
+MAX_LIST_BYTES = 64 << 20
 
 VARIANTS = ("no_crf", "crf")
 
@@ -35,12 +39,45 @@ class Sample:
     label: Path
 
 
-def _read_list(path: Path) -> list[list[str]]:
-    """The whitespace-separated fields of each non-empty line."""
+def _read_list(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, whitespace-separated fields) of each non-empty line of a text list file."""
+    location = Location(str(path))
     try:
-        return [line.split() for line in path.read_text().splitlines() if line.strip()]
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise CaffeError("the list is not a regular file", location)
+        if info.st_size > MAX_LIST_BYTES:
+            raise CaffeError(f"the list is {info.st_size} bytes, over {MAX_LIST_BYTES}: not a list file?", location)
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise CaffeError("no such list file", Location(str(path))) from None
+        raise CaffeError("no such list file", location) from None
+    except UnicodeDecodeError as exc:
+        raise CaffeError(f"the list is not UTF-8 text (byte {exc.start})", location) from None
+    except OSError as exc:
+        raise CaffeError(f"cannot read the list: {exc.strerror or exc}", location) from None
+    return [(number, line.split()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _plain_name_problem(name: str) -> str | None:
+    """Why `name` cannot be used as a file name inside a folder, or None."""
+    if name in ("", ".", ".."):
+        return f"'{name}' is not a file name"
+    if "/" in name or "\\" in name:
+        return f"'{name}' holds a path separator (ids are plain file names)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"{name!r} holds control characters"
+    return None
+
+
+def _inside_root(root: Path, entry: str) -> tuple[Path | None, str | None]:
+    """DeepLab's list paths are relative to the root even when they start with '/': the path inside the
+    root, or why it is refused (it climbs out with '..', or holds control characters)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in entry):
+        return None, f"{entry!r} holds control characters"
+    relative = posixpath.normpath(entry.lstrip("/"))
+    if relative == ".." or relative.startswith("../"):
+        return None, f"'{entry}' points outside the dataset root"
+    return root / relative, None
 
 
 def voc_samples(
@@ -49,59 +86,84 @@ def voc_samples(
     list_file: str | Path | None = None,
     label_dir: str | Path | None = None,
     image_dir: str | Path | None = None,
+    notes: list[str] | None = None,
 ) -> list[Sample]:
     """Samples of a VOC-layout dataset. A list file holds one image id per line, or DeepLab's two paths per
     line (`/JPEGImages/x.jpg /SegmentationClassAug/x.png`, relative to the root). `label_dir` points at other
-    label folders (e.g. SBD's SegmentationClassAug). Every missing folder or file is reported together."""
+    label folders (e.g. SBD's SegmentationClassAug). Bad lines (see the module's docstring) and missing
+    folders or files are reported together; repeated lines are dropped with a note appended to `notes`."""
     root = Path(voc_root)
     if not root.is_dir():
         raise CaffeError("the VOC root is not a folder (expected VOCdevkit/VOC2012)", Location(str(root)))
     images = Path(image_dir) if image_dir else root / "JPEGImages"
     labels = Path(label_dir) if label_dir else root / "SegmentationClass"
+    if split is not None and not list_file:
+        problem = _plain_name_problem(split)
+        if problem:
+            raise CaffeError(f"--split {problem}", Location(str(root)))
     listing = Path(list_file) if list_file else root / "ImageSets" / "Segmentation" / f"{split}.txt"
     missing_dirs = [str(p) for p in (images, labels) if not p.is_dir()]
     if missing_dirs:
         raise CaffeError("missing folder(s): " + ", ".join(missing_dirs), Location(str(root)))
-    samples, missing = [], []
-    for parts in _read_list(listing):
-        if len(parts) >= 2:  # DeepLab's list format: image path and label path, relative to the root
-            image, label = root / parts[0].lstrip("/"), root / parts[1].lstrip("/")
+    samples: list[Sample] = []
+    problems, missing = [], []
+    first_line: dict[str, tuple[int, Sample]] = {}
+    for number, parts in _read_list(listing):
+        where = f"{listing}:{number}"
+        if len(parts) > 2:
+            problems.append(f"{where}: {len(parts)} fields; expected an id, or an image path and a label path")
+            continue
+        if len(parts) == 2:  # DeepLab's list format: image path and label path, relative to the root
+            (image, bad_image), (label, bad_label) = _inside_root(root, parts[0]), _inside_root(root, parts[1])
+            if bad_image or bad_label:
+                problems.append(f"{where}: {bad_image or bad_label}")
+                continue
             if label_dir:
                 label = labels / f"{Path(parts[1]).stem}.png"
-            sample = Sample(Path(parts[0]).stem, image, label)
+            sample = Sample(image.stem, image, label)
         else:
             sample = Sample(parts[0], images / f"{parts[0]}.jpg", labels / f"{parts[0]}.png")
+        problem = _plain_name_problem(sample.id)
+        if problem:
+            problems.append(f"{where}: {problem}")
+            continue
+        key = sample.id.casefold()  # ids name files: ids equal but for case collide on some file systems
+        if key in first_line:
+            line, earlier = first_line[key]
+            if (earlier.id, earlier.image, earlier.label) == (sample.id, sample.image, sample.label):
+                if notes is not None:
+                    notes.append(f"{where}: repeats line {line} ({sample.id}): scored once")
+                continue
+            problems.append(f"{where}: id '{sample.id}' is already used on line {line} for other files "
+                            "(their predictions would overwrite each other)")
+            continue
+        first_line[key] = (number, sample)
         for path in (sample.image, sample.label):
-            if not path.exists():
+            if not os.path.isfile(path):
                 missing.append(str(path))
         samples.append(sample)
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise CaffeError(f"{len(problems)} bad line(s) in the list:\n  {shown}", Location(str(listing)))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise CaffeError(f"{len(missing)} file(s) named by the list are missing: {shown}", Location(str(listing)))
+        raise CaffeError(f"{len(missing)} file(s) named by the list are missing (or not files): {shown}",
+                         Location(str(listing)))
     if not samples:
         raise CaffeError("the list names no images", Location(str(listing)))
     return samples
 
 
-def read_label(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Class indices of a label PNG: palette ('P', VOC's SegmentationClass) or single-channel ('L', SBD's
-    SegmentationClassAug). An RGB label would be read as colours, not classes: refused."""
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("P", "L"):
-                raise CaffeError(f"label image has mode {image.mode}; expected a palette (P) or single-channel (L) "
-                                 "PNG of class indices (RGB colours are not labels)", Location(str(path)))
-            labels = np.asarray(image)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CaffeError(f"cannot read the label image: {exc}", Location(str(path))) from None
-    if size is not None and labels.shape != size:
-        raise CaffeError(f"label is {labels.shape[1]}x{labels.shape[0]} but the image is {size[1]}x{size[0]}",
-                         Location(str(path)))
-    return labels
+def read_label(path: Path, size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Class indices of a label PNG, by value (`images.read_label_image`): palette ('P', VOC's
+    SegmentationClass), single-channel ('L', SBD's SegmentationClassAug), 1-bit or 16-bit. An RGB label would
+    be read as colours, not classes: refused. `size` (height, width) is checked before decoding."""
+    return read_label_image(path, size, max_pixels)
 
 
-def score_prediction(sample: Sample, prediction: np.ndarray, num_classes: int) -> np.ndarray:
-    truth = read_label(sample.label, prediction.shape)
+def score_prediction(sample: Sample, prediction: np.ndarray, num_classes: int,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    truth = read_label(sample.label, prediction.shape, max_pixels)
     try:
         return confusion_matrix(truth, prediction, num_classes)
     except ValueError as exc:
@@ -110,22 +172,28 @@ def score_prediction(sample: Sample, prediction: np.ndarray, num_classes: int) -
 
 def finish_sample(sample: Sample, logits: np.ndarray | None, rgb: np.ndarray | None, crf: CRFParams | None,
                   out: str, num_classes: int, variants: tuple[str, ...],
-                  crf_device: str | None = None) -> dict[str, np.ndarray]:
+                  crf_device: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
     """Labels for each variant (computed from logits, or read back from a finished run), written atomically,
     then scored against the ground truth. Runs in a worker process with --jobs."""
     matrices = {}
     for variant in variants:
         path = Path(out) / "predictions" / variant / f"{sample.id}.png"
         if logits is None:
-            prediction = read_label(path)
+            truth = read_label(sample.label, None, max_pixels)
+            prediction = read_label(path, truth.shape, max_pixels)
+            try:
+                matrices[variant] = confusion_matrix(truth, prediction, num_classes)
+            except ValueError as exc:
+                raise CaffeError(f"{exc} (a prediction saved by an earlier run; --no-resume computes it again)",
+                                 Location(str(path))) from None
+            continue
+        if variant == "crf":
+            probabilities = crf_probabilities(logits, crf_image(rgb, crf), crf, crf_device)
         else:
-            if variant == "crf":
-                probabilities = crf_probabilities(logits, crf_image(rgb, crf), crf, crf_device)
-            else:
-                probabilities = softmax(logits)
-            prediction = probabilities.argmax(axis=0).astype(np.uint8)
-            write_label_png(path, prediction)
-        matrices[variant] = score_prediction(sample, prediction, num_classes)
+            probabilities = softmax(logits)
+        prediction = probabilities.argmax(axis=0).astype(np.uint8)
+        write_label_png(path, prediction)
+        matrices[variant] = score_prediction(sample, prediction, num_classes, max_pixels)
     return matrices
 
 
@@ -149,8 +217,11 @@ def evaluate_model(
     overlays: int = 5,
     progress: Callable[[Iterable], Iterable] = lambda x: x,
     crf_device: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> EvalResult:
-    """Run the model on every sample and score it, with and without CRF when `crf` is given."""
+    """Run the model on every sample and score it, with and without CRF when `crf` is given. Any failure of
+    one sample (unreadable image or label, an error of the net or the CRF, a worker that dies) skips that
+    sample with a message; a write that fails for the whole folder (disk full) stops the run (OutputError)."""
     from caffe2torch.runner import image_logits
 
     logits_fn = logits_fn or (lambda b, rgb: image_logits(b, rgb))
@@ -158,61 +229,59 @@ def evaluate_model(
     variants = ("no_crf", "crf") if crf is not None else ("no_crf",)
     totals = {v: np.zeros((num_classes, num_classes), np.int64) for v in variants}
     result = EvalResult({}, 0)
-    pool = worker_pool(jobs) if jobs > 1 else None
-    pending: dict[futures.Future, Sample] = {}
+    by_id = {sample.id: sample for sample in samples}
 
-    def collect(done) -> None:
-        for future in done:
-            sample = pending.pop(future)
-            try:
-                for variant, matrix in future.result().items():
+    def handle(outcomes) -> None:
+        for outcome in outcomes:
+            if outcome.error is None:
+                for variant, matrix in outcome.result.items():
                     totals[variant] += matrix
                 result.images += 1
-            except CaffeError as exc:
-                result.skipped.append(str(exc))
-            except Exception as exc:  # noqa: BLE001 - report, count, and go on with the other images
-                result.skipped.append(f"{sample.id}: {type(exc).__name__}: {exc}")
-
-    def submit(sample: Sample, *args) -> None:
-        if pool is None:
-            future: futures.Future = futures.Future()
-            try:
-                future.set_result(finish_sample(sample, *args, str(out), num_classes, variants, crf_device))
-            except Exception as exc:  # noqa: BLE001
-                future.set_exception(exc)
-            pending[future] = sample
-            collect([future])
-            return
-        pending[pool.submit(finish_sample, sample, *args, str(out), num_classes, variants, crf_device)] = sample
-        if len(pending) >= 2 * jobs:
-            collect(futures.wait(pending, return_when=futures.FIRST_COMPLETED).done)
+            elif isinstance(outcome.error, OutputError) and outcome.error.fatal:
+                raise OutputError(f"{outcome.error.message}; running the same command again resumes from the "
+                                  "predictions saved so far", outcome.error.location, fatal=True)
+            else:
+                result.skipped.append(describe_failure(by_id[outcome.key].image, outcome.error))
 
     try:
-        for index, sample in enumerate(progress(samples)):
-            done_before = resume and all((out / "predictions" / v / f"{sample.id}.png").exists() for v in variants)
-            if done_before:
-                result.resumed += 1
-                submit(sample, None, None, crf)
-                continue
-            try:
-                rgb = read_image(sample.image)
-                logits = logits_fn(backend, rgb)
-            except CaffeError as exc:
-                result.skipped.append(str(exc))
-                continue
-            if index < overlays:
-                labels = logits.argmax(axis=0).astype(np.uint8)
-                write_rgb_png(out / "overlays" / f"{sample.id}.png", overlay(rgb, labels))
-            submit(sample, logits, rgb, crf)
-        collect(futures.wait(pending).done if pool is not None else [])
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    result.scores = {v: scores_from_confusion(totals[v]) for v in variants}
+        with BatchPool(jobs) as batch:
+            for index, sample in enumerate(progress(samples)):
+                done_before = resume and all((out / "predictions" / v / f"{sample.id}.png").is_file()
+                                             for v in variants)
+                if done_before:
+                    result.resumed += 1
+                    handle(batch.submit(sample.id, finish_sample, sample, None, None, crf, str(out), num_classes,
+                                        variants, crf_device, max_pixels))
+                    continue
+                try:
+                    rgb = read_image(sample.image, max_pixels)
+                    logits = logits_fn(backend, rgb)
+                    check_scores(logits)
+                    if index < overlays:
+                        labels = logits.argmax(axis=0).astype(np.uint8)
+                        write_rgb_png(out / "overlays" / f"{sample.id}.png", overlay(rgb, labels))
+                except OutputError as exc:
+                    if exc.fatal:
+                        raise OutputError(f"{exc.message}; running the same command again resumes from the "
+                                          "predictions saved so far", exc.location, fatal=True) from None
+                    result.skipped.append(describe_failure(sample.image, exc))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's
+                    result.skipped.append(describe_failure(sample.image, exc))
+                    continue
+                handle(batch.submit(sample.id, finish_sample, sample, logits, rgb, crf, str(out), num_classes,
+                                    variants, crf_device, max_pixels))
+            handle(batch.drain())
+    except KeyboardInterrupt as exc:
+        finished = result.images
+        raise type(exc)(f"{finished} of {len(samples)} image(s) were scored and their predictions saved in "
+                        f"{out / 'predictions'}; running the same command again resumes from them") from None
+    result.scores = {v: scores_from_confusion(totals[v]) for v in variants} if result.images else {}
     return result
 
 
-def evaluate_predictions(samples: list[Sample], predictions: str | Path, num_classes: int) -> EvalResult:
+def evaluate_predictions(samples: list[Sample], predictions: str | Path, num_classes: int,
+                         max_pixels: int = DEFAULT_MAX_PIXELS) -> EvalResult:
     """Score label PNGs made elsewhere (one <id>.png per sample, palette or single-channel)."""
     folder = Path(predictions)
     if not folder.is_dir():
@@ -220,12 +289,18 @@ def evaluate_predictions(samples: list[Sample], predictions: str | Path, num_cla
     total = np.zeros((num_classes, num_classes), np.int64)
     result = EvalResult({}, 0)
     for sample in samples:
+        path = folder / f"{sample.id}.png"
         try:
-            total += score_prediction(sample, read_label(folder / f"{sample.id}.png"), num_classes)
+            truth = read_label(sample.label, None, max_pixels)
+            prediction = read_label(path, truth.shape, max_pixels)
+            try:
+                total += confusion_matrix(truth, prediction, num_classes)
+            except ValueError as exc:
+                raise CaffeError(str(exc), Location(str(path))) from None
             result.images += 1
-        except CaffeError as exc:
-            result.skipped.append(str(exc))
-    result.scores = {"predictions": scores_from_confusion(total)}
+        except Exception as exc:  # noqa: BLE001 - one bad file skips one sample
+            result.skipped.append(describe_failure(path, exc))
+    result.scores = {"predictions": scores_from_confusion(total)} if result.images else {}
     return result
 
 
@@ -236,15 +311,20 @@ def write_reports(out: str | Path, result: EvalResult, class_names: list[str], h
 
     out = Path(out)
     data = {**header, "images": result.images, "skipped": result.skipped,
-            "scores": {k: v.to_dict(class_names) for k, v in result.scores.items()}}
+            "scores": {k: v.to_dict(class_names) for k, v in result.scores.items()} if result.scores else None}
     if published:
         data["published"] = published
     atomic_write_text(out / "results.json", json.dumps(data, indent=1))
     lines = [f"# Evaluation: {header.get('model', '')}", "",
              f"{result.images} images of {header.get('dataset', '')}"
-             + (f"; {len(result.skipped)} skipped" if result.skipped else ""), "",
-             "| | mIoU | pixel acc. | mean class acc. | fw IoU |" + (" published mIoU |" if published else ""),
-             "|---|---|---|---|---|" + ("---|" if published else "")]
+             + (f"; {len(result.skipped)} skipped" if result.skipped else ""), ""]
+    if not result.scores:  # nothing was scored: no number is a result
+        lines += ["**No image could be scored**: there are no scores.", ""]
+        lines += ["## Skipped", ""] + [f"- {s}" for s in result.skipped]
+        atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+        return out / "results.json", out / "report.md"
+    lines += ["| | mIoU | pixel acc. | mean class acc. | fw IoU |" + (" published mIoU |" if published else ""),
+              "|---|---|---|---|---|" + ("---|" if published else "")]
     for variant, s in result.scores.items():
         row = (f"| {variant} | {100 * s.miou:.2f} | {100 * s.pixel_accuracy:.2f} | "
                f"{100 * s.mean_class_accuracy:.2f} | {100 * s.frequency_weighted_iou:.2f} |")

@@ -151,8 +151,9 @@ def test_unreadable_image_is_counted_and_skipped(voc, tmp_path):
                                       "-o", str(model), "--no-onnx"])
     result = CliRunner().invoke(eval_cli.main, ["--model", str(model / "model.safetensors"), "--voc-root", str(root),
                                                 "-o", str(tmp_path / "r"), "--jobs", "2", "--crf"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a skipped image makes the exit status 1 (issue 12)
     assert "2 image(s) scored, 1 skipped" in result.output
+    assert result.output.count(f"{ids[2]}.jpg") == 1
 
 
 def test_resume_refuses_a_folder_of_other_settings_either_way(tmp_path):

@@ -9,11 +9,27 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from caffe2torch.cli.common import crf_device_option, crf_settings, reports_errors
-from caffe2torch.cli.run import default_jobs, default_threads, parse_scales
+from caffe2torch.cli.common import (
+    allow_pixels,
+    crf_device_option,
+    crf_settings,
+    echo_notes,
+    max_pixels_option,
+    parallelism_options,
+    reports_errors,
+)
+from caffe2torch.cli.run import (
+    check_class_count,
+    check_logits,
+    check_scaled_size,
+    default_jobs,
+    default_threads,
+    parse_scales,
+)
 from caffe2torch.crf import PRESET_ALIASES, PRESETS
 from caffe2torch.errors import CaffeError, Location
 from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_samples, write_reports
+from caffe2torch.outputs import check_outputs_spare_inputs, prepare_output_folder
 from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits
 from caffe2torch.util import atomic_write_text, file_sha256
 
@@ -36,20 +52,20 @@ from caffe2torch.util import atomic_write_text, file_sha256
 @click.option("--scales", default="1", show_default=True)
 @click.option("--flip", is_flag=True)
 @click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True)
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker processes for CRF and scoring [default: one per core with --crf, else 1].")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads for the network [default: all cores; half of them beside CRF workers].")
-@click.option("--limit", type=int, default=None, help="Only the first N images.")
+@parallelism_options
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
+@max_pixels_option
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse the predictions of an interrupted run in the results folder.")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="results", show_default=True)
 @reports_errors
 def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir, crf, crf_preset, crf_params,
-         crf_device, scales, flip, fuse, jobs, threads, limit, resume, outdir):
+         crf_device, scales, flip, fuse, jobs, threads, limit, max_pixels, resume, outdir):
     """Score a model (mIoU, per-class IoU, pixel accuracy, mean class accuracy, frequency-weighted IoU) on
     PASCAL VOC 2012 with one dataset-level confusion matrix, label 255 ignored; with --crf, with and without
     the dense CRF in one pass. Writes RESULTS/results.json, report.md, predictions/ and a few overlays/.
+    An image that cannot be scored is reported and skipped, and the exit status is then 1; when none can be,
+    no score is written. An interrupted run resumes from its predictions when the same command runs again.
 
     \b
     Examples:
@@ -59,40 +75,53 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     """
     if sum(bool(x) for x in (onnx_path, artifact, predictions)) != 1:
         raise click.UsageError("give exactly one of --onnx, --model or --predictions")
-    samples = voc_samples(voc_root, split, list_file, label_dir)[:limit]
-    out = Path(outdir)
+    scale_list = parse_scales(scales)
+    allow_pixels(max_pixels)
+    notes: list[str] = []
+    samples = voc_samples(voc_root, split, list_file, label_dir, notes=notes)[:limit]
+    echo_notes(notes)
+    out = prepare_output_folder(outdir)
+    inputs = [p for s in samples for p in (s.image, s.label)] + [Path(x) for x in (list_file,) if x]
     dataset = f"{voc_root} ({Path(list_file).name if list_file else split})"
     if predictions:
         from caffe2torch.images import VOC_CLASSES
 
-        result = evaluate_predictions(samples, predictions, len(VOC_CLASSES))
+        check_outputs_spare_inputs([], [out / "results.json", out / "report.md"],
+                                   inputs + [Path(predictions) / f"{s.id}.png" for s in samples], out)
+        result = evaluate_predictions(samples, predictions, len(VOC_CLASSES), max_pixels)
         header = {"model": f"predictions in {predictions}", "dataset": dataset}
         report(out, result, list(VOC_CLASSES), header, None)
         return
-    crf = crf or bool(crf_device)
+    model_file = onnx_path or artifact
+    check_outputs_spare_inputs([out / "predictions", out / "overlays"],
+                               [out / "results.json", out / "report.md", out / "run.json"],
+                               inputs + [Path(model_file)], out)
+    crf = crf or bool(crf_preset or crf_params or crf_device)  # CRF settings imply --crf, as in deeplab-run
     crf_in_workers = crf and crf_device is None
     jobs = default_jobs(jobs, crf_in_workers)
     threads = default_threads(threads, jobs, crf_in_workers)
     backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    check_class_count(backend)
     class_names = list(backend.info.class_names)
     params = crf_settings(backend, crf_preset, crf_params) if crf else None
-    model_file = onnx_path or artifact
     settings = {"model": str(model_file), "model_sha256": file_sha256(model_file), "dataset": dataset,
-                "scales": list(parse_scales(scales)), "flip": flip, "fuse": fuse,
+                "scales": list(scale_list), "flip": flip, "fuse": fuse,
                 "crf": None if params is None else params.__dict__}
     if crf_device:  # the torch CRF agrees with pydensecrf to float rounding, not bit for bit: no mixing
         settings["crf_device"] = crf_device
     check_resume(out, settings, resume)
-    scale_list = parse_scales(scales)
 
     def logits(b, rgb):
-        return image_logits(b, rgb, scale_list, flip, fuse)
+        check_scaled_size(rgb, scale_list, max_pixels, b.info.crop_size)
+        result = image_logits(b, rgb, scale_list, flip, fuse)
+        check_logits(result)
+        return result
 
     def progress(items):
         return tqdm(items, desc="evaluating", unit="image", disable=None)
 
     result = evaluate_model(backend, samples, out, len(class_names), params, logits, jobs, resume,
-                            progress=progress, crf_device=crf_device)
+                            progress=progress, crf_device=crf_device, max_pixels=max_pixels)
     header = {"model": str(model_file), "dataset": dataset, "settings": settings}
     report(out, result, class_names, header, backend.info)
 
@@ -101,7 +130,13 @@ def check_resume(out: Path, settings: dict, resume: bool) -> None:
     """A results folder belongs to one set of settings: resuming with others would mix predictions."""
     state = out / "run.json"
     if state.exists() and resume:
-        previous = json.loads(state.read_text())
+        try:
+            previous = json.loads(state.read_text(encoding="utf-8"))
+            if not isinstance(previous, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise CaffeError(f"cannot read the settings of the earlier run ({exc}); use another -o folder, or "
+                             "--no-resume to start again", Location(str(state))) from None
         changed = sorted(k for k in settings.keys() | previous.keys() if previous.get(k) != settings.get(k))
         if changed:
             raise CaffeError(f"the results folder holds a run with other settings ({', '.join(changed)}); use "
@@ -112,6 +147,8 @@ def check_resume(out: Path, settings: dict, resume: bool) -> None:
 
 
 def report(out: Path, result, class_names, header, info) -> None:
+    """Print and write the scores; exit status 1 when any image was skipped (and no score at all is shown or
+    written when none could be scored)."""
     from caffe2torch.known_models import published_for
 
     published = published_for(info) if info is not None else None
@@ -120,21 +157,26 @@ def report(out: Path, result, class_names, header, info) -> None:
     results_json, report_md = write_reports(out, result, class_names, header, published)
     if result.resumed:
         click.echo(f"resumed: {result.resumed} image(s) scored from an earlier run's predictions")
-    width = max(len(k) for k in result.scores)
     click.echo(f"{result.images} image(s) scored" + (f", {len(result.skipped)} skipped" if result.skipped else ""))
-    click.echo(f"{'':{width}}  {'mIoU':>7}  {'pix acc':>7}  {'mean acc':>8}  {'fw IoU':>7}"
-               + ("  published" if published else ""))
-    for variant, s in result.scores.items():
-        line = (f"{variant:{width}}  {100 * s.miou:7.2f}  {100 * s.pixel_accuracy:7.2f}  "
-                f"{100 * s.mean_class_accuracy:8.2f}  {100 * s.frequency_weighted_iou:7.2f}")
-        if published and published.get(variant) is not None:
-            line += f"  {published[variant]:.2f} ({published.get('source', '')})"
-        click.echo(line)
+    if result.scores:
+        width = max(len(k) for k in result.scores)
+        click.echo(f"{'':{width}}  {'mIoU':>7}  {'pix acc':>7}  {'mean acc':>8}  {'fw IoU':>7}"
+                   + ("  published" if published else ""))
+        for variant, s in result.scores.items():
+            line = (f"{variant:{width}}  {100 * s.miou:7.2f}  {100 * s.pixel_accuracy:7.2f}  "
+                    f"{100 * s.mean_class_accuracy:8.2f}  {100 * s.frequency_weighted_iou:7.2f}")
+            if published and published.get(variant) is not None:
+                line += f"  {published[variant]:.2f} ({published.get('source', '')})"
+            click.echo(line)
     for skipped in result.skipped[:10]:
         click.echo(f"skipped: {skipped}", err=True)
     if len(result.skipped) > 10:
         click.echo(f"... and {len(result.skipped) - 10} more (all listed in {report_md})", err=True)
     click.echo(f"wrote {results_json} and {report_md}")
+    if not result.scores:
+        click.echo("error: no image could be scored, so there are no scores", err=True)
+    if result.skipped:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
-import concurrent.futures as futures
+import math
 import os
+import sys
 from pathlib import Path
 
 import click
 import numpy as np
 from tqdm import tqdm
 
-from caffe2torch.cli.common import crf_device_option, crf_settings, reports_errors
-from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams
-from caffe2torch.errors import CaffeError
+from caffe2torch.batch import BatchPool, describe_failure
+from caffe2torch.cli.common import (
+    allow_pixels,
+    crf_device_option,
+    crf_settings,
+    echo_notes,
+    interrupted_with,
+    max_pixels_option,
+    parallelism_options,
+    reports_errors,
+)
+from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, check_scores
+from caffe2torch.errors import CaffeError, OutputError
 from caffe2torch.images import list_images, overlay, read_image, write_label_png, write_rgb_png
-from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, legend_json, postprocess
-from caffe2torch.util import atomic_path, atomic_write_text, worker_pool
+from caffe2torch.outputs import (
+    RUN_OUTPUT_SUFFIXES,
+    RunJournal,
+    assign_stems,
+    check_inputs_outside,
+    distinct_inputs,
+    prepare_output_folder,
+)
+from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, legend_json, padded_size, postprocess
+from caffe2torch.util import atomic_path, atomic_write_text, file_sha256
+
+MAX_SCALES = 16
+MAX_LABELS = 256  # a palette PNG holds labels 0..255
 
 
 def finish_image(stem: str, rgb: np.ndarray, logits: np.ndarray, crf: CRFParams | None, outdir: str,
@@ -32,13 +54,57 @@ def finish_image(stem: str, rgb: np.ndarray, logits: np.ndarray, crf: CRFParams 
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
+    """Test scales: finite, positive numbers, at most MAX_SCALES of them (each is a pass of the net). Their
+    effect on memory is checked per image against --max-pixels (`check_scaled_size`)."""
     try:
         scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
         scales = ()
-    if not scales or min(scales) <= 0:
-        raise click.BadParameter(f"'{text}' is not a list of positive scales like 0.5,0.75,1", param_hint="--scales")
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales) or len(scales) > MAX_SCALES:
+        raise click.BadParameter(f"'{text}' is not a list of 1 to {MAX_SCALES} finite positive scales like "
+                                 "0.5,0.75,1", param_hint="--scales")
     return scales
+
+
+def check_scaled_size(rgb: np.ndarray, scales: tuple[float, ...], max_pixels: int,
+                      crop_size: int | None = None) -> None:
+    """Refuse an image that some test scale would blow up past --max-pixels, or whose padded net input would
+    exceed twice that (padding to the 32k+1 grid adds up to 32 rows and columns: a 16-million-pixel image one
+    pixel tall would become a 33-pixel-tall input of 550 million pixels), before the net allocates anything.
+    Padding up to the model's own crop size is always allowed."""
+    height, width = rgb.shape[:2]
+    for scale in scales:
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        where = (f"at scale {scale:g} the {width}x{height} image becomes" if scale != 1
+                 else f"the {width}x{height} image is")
+        if h * w > max_pixels:
+            raise CaffeError(f"{where} {w}x{h} = {h * w} pixels, over the limit of {max_pixels} (--max-pixels)")
+        padded_h, padded_w = padded_size(h, w, crop_size)
+        if padded_h * padded_w > max(2 * max_pixels, (crop_size or 0) ** 2):
+            raise CaffeError(f"{where} {w}x{h}, which the net sees padded to {padded_w}x{padded_h} = "
+                             f"{padded_h * padded_w} pixels, over twice the limit of {max_pixels} (--max-pixels)")
+
+
+def check_class_count(backend) -> None:
+    """Label PNGs hold labels 0..255: refuse a model with more classes before any image is run (the output's
+    channel count when the ONNX graph states it, else the model's class names)."""
+    classes = None
+    session = getattr(backend, "session", None)
+    if session is not None:
+        for output in session.get_outputs():
+            if output.name == backend.info.output_name and len(output.shape) > 1 and isinstance(output.shape[1], int):
+                classes = output.shape[1]
+    classes = classes or len(backend.info.class_names)
+    if classes > MAX_LABELS:
+        raise CaffeError(f"the model gives {classes} classes; label PNGs hold at most {MAX_LABELS}")
+
+
+def check_logits(logits: np.ndarray) -> None:
+    """Scores the rest of the pipeline can use: finite (NaN would silently become label 0), and no more
+    classes than a label PNG holds."""
+    check_scores(logits)
+    if logits.shape[0] > MAX_LABELS:
+        raise CaffeError(f"the net gives {logits.shape[0]} classes; label PNGs hold at most {MAX_LABELS}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,16 +122,18 @@ def parse_scales(text: str) -> tuple[float, ...]:
 @click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True,
               help="How scales and flips are fused.")
 @click.option("--save-probs", is_flag=True, help="Also write <image>_probs.npy (C x H x W, float16).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker processes for CRF and writing [default: one per core with --crf, else 1].")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads for the network [default: all cores; half of them beside CRF workers].")
+@parallelism_options
+@max_pixels_option
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Skip images this output folder already holds from a run with the same settings.")
 @reports_errors
 def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_device, scales, flip, fuse,
-         save_probs, jobs, threads):
+         save_probs, jobs, threads, max_pixels, resume):
     """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
     PNG), <name>_overlay.png and, with --save-probs, the class probabilities; OUTDIR/legend.json names each
-    label and its colour. A bad image is reported and skipped; the exit status is 1 if any image failed.
+    label and its colour. Names that would collide get _2, _3, ... The output folder may not hold the input
+    images. A bad image is reported and skipped; the exit status is 1 if any image failed. An interrupted run (Ctrl-C, SIGTERM, a kill) resumes when the same
+    command runs again: images already done with the same settings are skipped (--no-resume redoes them).
 
     \b
     Examples:
@@ -81,47 +149,82 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     crf_in_workers = use_crf and crf_device is None
     jobs = default_jobs(jobs, crf_in_workers)
     threads = default_threads(threads, jobs, crf_in_workers)
-    backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
-    params = crf_settings(backend, crf_preset, crf_params) if use_crf else None
-    paths = list_images(list(images))
+    allow_pixels(max_pixels)
+    paths, notes = distinct_inputs(list_images(list(images)))
     if not paths:
         raise CaffeError("no images found in " + ", ".join(images))
-    Path(outdir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(outdir) / "legend.json", legend_json(backend.info))
+    out = prepare_output_folder(outdir)
+    check_inputs_outside(out, paths)
+    backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    check_class_count(backend)
+    params = crf_settings(backend, crf_preset, crf_params) if use_crf else None
+    atomic_write_text(out / "legend.json", legend_json(backend.info))
+    echo_notes(notes)
+    model_file = onnx_path or artifact
+    settings = {"model_sha256": file_sha256(model_file), "scales": list(scale_list), "flip": flip, "fuse": fuse,
+                "crf": None if params is None else params.__dict__, "crf_device": crf_device,
+                "save_probs": save_probs, "version": _version()}
+    stems = assign_stems(paths)
+    journal = RunJournal(out, settings, resume)
     failed: list[str] = []
-    pool = worker_pool(jobs) if jobs > 1 else None
-    pending: dict[futures.Future, Path] = {}
-    stems: set[str] = set()
-    try:
-        for path in tqdm(paths, desc="segmenting", unit="image", disable=None):
-            try:
-                rgb = read_image(path)
-                logits = image_logits(backend, rgb, scale_list, flip, fuse)
-            except CaffeError as exc:
-                failed.append(f"{exc}")
-                tqdm.write(f"skipped: {exc}")
-                continue
-            stem = unique_stem(path, stems)
-            if pool is None:
-                finish_image(stem, rgb, logits, params, outdir, save_probs, crf_device)
+    done = resumed = 0
+
+    def outputs_of(stem: str) -> list[Path]:
+        names = RUN_OUTPUT_SUFFIXES if save_probs else RUN_OUTPUT_SUFFIXES[:2]
+        return [out / f"{stem}{suffix}" for suffix in names]
+
+    def fail(path: Path, exc: BaseException) -> None:
+        message = describe_failure(path, exc)
+        failed.append(message)
+        tqdm.write(f"skipped: {message}", file=sys.stderr)
+
+    def handle(outcomes) -> None:
+        nonlocal done
+        for outcome in outcomes:
+            if outcome.error is None:
+                journal.finished(outcome.key, stems[outcome.key])
+                done += 1
+            elif isinstance(outcome.error, OutputError) and outcome.error.fatal:
+                raise OutputError(f"{outcome.error.message}; {done} image(s) were finished, and running the same "
+                                  "command again resumes after them", outcome.error.location, fatal=True)
             else:
-                pending[pool.submit(finish_image, stem, rgb, logits, params, outdir, save_probs, crf_device)] = path
-                if len(pending) >= 2 * jobs:  # keep memory bounded: wait for the oldest results
-                    done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
-                    collect(done, pending, failed)
-        if pending:
-            collect(futures.wait(pending).done, pending, failed)
+                fail(outcome.key, outcome.error)
+
+    try:
+        with BatchPool(jobs) as batch:
+            for path in tqdm(paths, desc="segmenting", unit="image", disable=None):
+                stem = stems[path]
+                if resume and journal.is_done(path, stem, outputs_of(stem)):
+                    resumed += 1
+                    continue
+                try:
+                    rgb = read_image(path, max_pixels)
+                    check_scaled_size(rgb, scale_list, max_pixels, backend.info.crop_size)
+                    logits = image_logits(backend, rgb, scale_list, flip, fuse)
+                    check_logits(logits)
+                except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's
+                    fail(path, exc)
+                    continue
+                journal.started(path, stem)
+                handle(batch.submit(path, finish_image, stem, rgb, logits, params, str(out), save_probs, crf_device))
+            handle(batch.drain())
+    except KeyboardInterrupt as exc:
+        raise interrupted_with(exc, f"{done + resumed} of {len(paths)} image(s) are done in {out} (every file "
+                                    "written is complete); running the same command again resumes") from None
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    written = len(paths) - len(failed)
-    click.echo(f"segmented {written} of {len(paths)} image(s) into {outdir}"
+        journal.close()
+    click.echo(f"segmented {done + resumed} of {len(paths)} image(s) into {out}"
+               + (f" ({resumed} from an earlier run with the same settings)" if resumed else "")
                + (f" with the dense CRF ({describe(params)})" if params else ""))
     if failed:
-        click.echo(f"{len(failed)} image(s) failed:", err=True)
-        for message in failed:
-            click.echo(f"  {message}", err=True)
+        click.echo(f"{len(failed)} image(s) failed (reported above as 'skipped')", err=True)
         raise SystemExit(1)
+
+
+def _version() -> str:
+    from caffe2torch import __version__
+
+    return __version__
 
 
 def default_jobs(jobs: int | None, crf: bool) -> int:
@@ -148,24 +251,6 @@ def describe(params: CRFParams) -> str:
     return (f"{params.max_iter} iterations, positional w={params.pos_w} xy={params.pos_xy_std}, "
             f"bilateral w={params.bi_w} xy={params.bi_xy_std} rgb={params.bi_rgb_std}"
             + (f"; {params.source}, colours {params.colours}" if getattr(params, "source", "") else ""))
-
-
-def unique_stem(path: Path, taken: set[str]) -> str:
-    stem, index = path.stem, 1
-    while stem in taken:
-        index += 1
-        stem = f"{path.stem}_{index}"
-    taken.add(stem)
-    return stem
-
-
-def collect(done, pending, failed) -> None:
-    for future in done:
-        path = pending.pop(future)
-        try:
-            future.result()
-        except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the others
-            failed.append(f"{path}: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ It runs `crf.dense_crf` on each image's valid region: the whole blob when data_d
 in both dimensions, otherwise the top-left data_dim region; outside it the output is exactly 0. The bilateral
 kernel uses the `data` blob (mean-subtracted BGR, scale 1) as colours. The top is Q, or log(max(Q, FLT_MIN))
 with output_probability: false (zeros outside the region either way). CPU only; no backward, as in Caffe.
+
+Settings pydensecrf cannot run correctly (NaN, non-positive or vanishing standard deviations, unbounded
+iterations: `CRFParams.validate`) are refused when the net is checked, with the layer's file and line; inputs
+it cannot take (NaN scores or colours, colours or sizes whose lattice coordinates overflow) are refused at
+forward time, naming the layer, before any value reaches the native code.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from caffe2torch.crf import CRFParams, dense_crf
+from caffe2torch.crf import CRFInputError, CRFParams, dense_crf
+from caffe2torch.errors import Location
 from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
 
 FLT_MIN = np.finfo(np.float32).tiny
@@ -19,7 +25,7 @@ FLT_MIN = np.finfo(np.float32).tiny
 
 def crf_params_from_layer(param: dict) -> CRFParams:
     return CRFParams(
-        max_iter=int(param.get("max_iter", 10)),
+        max_iter=int(param.get("max_iter", 10)),  # an int32 in every schema
         pos_xy_std=[float(v) for v in param.get("pos_xy_std", [])],
         pos_w=[float(v) for v in param.get("pos_w", [])],
         bi_xy_std=[float(v) for v in param.get("bi_xy_std", [])],
@@ -53,13 +59,15 @@ class DenseCRFConverter(LayerConverter):
 
     def build(self, spec, bottoms, ctx):
         param = spec.param("dense_crf_param")
-        return CaffeDenseCRF(crf_params_from_layer(param), bool(param.get("output_probability", True)))
+        return CaffeDenseCRF(crf_params_from_layer(param), bool(param.get("output_probability", True)),
+                             Location(line=spec.line, layer=spec.name, layer_type=spec.type))
 
 
 class CaffeDenseCRF(CaffeLayer):
-    def __init__(self, params: CRFParams, output_probability: bool):
+    def __init__(self, params: CRFParams, output_probability: bool, location: Location | None = None):
         super().__init__()
         self.params, self.output_probability = params, output_probability
+        self.location = location or Location(layer_type="DenseCRF")
 
     def forward(self, scores, data_dim, data=None):
         s = scores.detach().cpu().numpy()
@@ -72,6 +80,9 @@ class CaffeDenseCRF(CaffeLayer):
             if h <= 0 or w <= 0:
                 continue  # an empty region: Caffe's layer writes zeros everywhere
             colours = None if image is None else image[n, :3, :h, :w]
-            q = dense_crf(s[n, :, :h, :w], colours, self.params)
+            try:
+                q = dense_crf(s[n, :, :h, :w], colours, self.params)
+            except CRFInputError as exc:
+                raise CRFInputError(f"image {n} of the batch: {exc.message}", self.location) from None
             out[n, :, :h, :w] = q if self.output_probability else np.log(np.maximum(q, FLT_MIN))
         return torch.from_numpy(out).to(scores.device)
