@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 from caffe2torch.errors import CaffeError, Location
 from caffe2torch.images import VOC_CLASSES
 
-MAX_CLASSES = 256  # label PNGs hold uint8 labels
+# Bounds what a model's metadata may ask for (ImageNet-21k has 21,841 classes). Label PNGs hold only 256
+# labels: deeplab-run and deeplab-eval refuse larger models themselves, but a 1000-class classifier converts.
+MAX_CLASSES = 65536
 MAX_NAME_LENGTH = 64
 
 
@@ -33,17 +36,17 @@ def name_problem(name: object) -> str | None:
 
 
 def check_class_names(names: object, channels: int | None = None) -> list[str]:
-    """The names as a list, or ValueError: 1..256 unique short printable strings, as many as the net's output
-    channels when that is known."""
+    """The names as a list, or ValueError: 1..MAX_CLASSES unique short printable strings, as many as the net's
+    output channels when that is known."""
     if not isinstance(names, list) or not names:
         raise ValueError("must be a non-empty list of names")
     if len(names) > MAX_CLASSES:
-        raise ValueError(f"{len(names)} names; at most {MAX_CLASSES} classes fit a label PNG")
+        raise ValueError(f"{len(names)} names; at most {MAX_CLASSES} are accepted")
     for name in names:
         problem = name_problem(name)
         if problem:
             raise ValueError(f"bad class name: {problem}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise ValueError(f"names repeated: {', '.join(duplicates[:5])}")
     if channels is not None and len(names) != channels:
@@ -70,6 +73,8 @@ def model_class_names(channels: int | None, given: list[str] | None = None,
     """The names a converted model is labelled with: given (--classes), else the known model's, else VOC for
     21 channels, else class_i; checked against the channel count."""
     names = given if given is not None else known if known else default_class_names(channels)
+    if given is None:
+        source = "the net's class names"
     try:
         return check_class_names(names, channels)
     except ValueError as exc:

@@ -266,7 +266,7 @@ def test_file_names_that_are_not_utf8_are_printed_escaped(model, photos, tmp_pat
 def test_a_model_with_more_classes_than_a_label_png_holds_is_refused(tmp_path, photos):
     folder = tmp_path / "many"
     folder.mkdir()
-    (folder / "net.prototxt").write_text(TINY_NET.replace("num_output: 21", "num_output: 300"))
+    (folder / "net.prototxt").write_text(TINY_NET.replace("num_output: 21", "num_output: 300"))  # it converts
     write_random_weights(net_from_text((folder / "net.prototxt").read_text()), folder / "net.caffemodel")
     assert CliRunner().invoke(convert.main, [str(folder / "net.prototxt"), str(folder / "net.caffemodel"), "-o",
                                              str(folder)]).exit_code == 0

@@ -75,7 +75,7 @@ BAD_VALUES = [
     ("crop_size", "-5", "not an integer 1..8192"),
     ("crop_size", "true", "not an integer"),
     ("class_names", json.dumps(["a", "b"]), "2 names for an output with 3 channels"),
-    ("class_names", json.dumps(["x"] * 300), "at most 256"),
+    ("class_names", json.dumps(["x"] * 70000), "at most 65536"),
     ("class_names", json.dumps(["a", "b" * 500, "c"]), "longer than 64"),
     ("class_names", '"background"', "non-empty list"),
     ("mean_values", json.dumps([1, 2]), "1 or 3 numbers"),

@@ -132,8 +132,9 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
     PNG), <name>_overlay.png and, with --save-probs, the class probabilities; OUTDIR/legend.json names each
     label and its colour. Names that would collide get _2, _3, ... The output folder may not hold the input
-    images. A bad image is reported and skipped; the exit status is 1 if any image failed. An interrupted run (Ctrl-C, SIGTERM, a kill) resumes when the same
-    command runs again: images already done with the same settings are skipped (--no-resume redoes them).
+    images. A bad image is reported and skipped; the exit status is 1 if any image failed. An interrupted run
+    (Ctrl-C, SIGTERM, a kill) resumes when the same command runs again: images already done with the same
+    settings are skipped (--no-resume redoes them).
 
     \b
     Examples:
@@ -153,11 +154,12 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     paths, notes = distinct_inputs(list_images(list(images)))
     if not paths:
         raise CaffeError("no images found in " + ", ".join(images))
-    out = prepare_output_folder(outdir)
-    check_inputs_outside(out, paths)
+    check_inputs_outside(Path(outdir), paths)
+    # The model (and its metadata, untrusted input) is checked before anything is written.
     backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
     check_class_count(backend)
     params = crf_settings(backend, crf_preset, crf_params) if use_crf else None
+    out = prepare_output_folder(outdir)
     atomic_write_text(out / "legend.json", legend_json(backend.info))
     echo_notes(notes)
     model_file = onnx_path or artifact
