@@ -539,7 +539,7 @@ def pspnet(depth: int = 50, div: int = 16, size: int = 473, classes: int = 150) 
     return net
 
 
-def icnet(div: int = 8, size: tuple[int, int] = (1025, 2049), classes: int = 4) -> ZooNet:
+def icnet(div: int = 16, size: tuple[int, int] = (1025, 2049), classes: int = 4) -> ZooNet:
     """evaluation/prototxt/icnet_cityscapes_bnnomerge.prototxt: a learned Scale on the data, Interp shrink 2 to
     the half-size branch (the PSPNet-50 ResNet with half widths, its conv3_1 shrunk by 2 again to the 1/32
     branch), pyramid pooling with the published fixed kernels (33x65 / 17x33 stride 16x32 / 13x25 stride 10x20 /
@@ -646,5 +646,5 @@ def zoo_weights(net, seed: int = 0) -> list[WeightsLayer]:
 
 ZOO: dict[str, Callable[[], ZooNet]] = {
     "fcn32s": fcn32s, "fcn8s": fcn8s, "segnet_basic": segnet_basic, "segnet": segnet, "enet": enet,
-    "pspnet50": lambda: pspnet(50, classes=12), "pspnet101": lambda: pspnet(101, classes=21), "icnet": icnet,
+    "pspnet50": lambda: pspnet(50, classes=12), "pspnet101": lambda: pspnet(101, div=32, classes=21), "icnet": icnet,
 }

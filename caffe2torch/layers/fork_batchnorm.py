@@ -5,7 +5,8 @@
   compute_bn_statistics.py (and ENet's BN-absorber) fold the dataset statistics into those two blobs of the
   released caffemodels. LEARN, the default in every phase, normalises by the statistics of the batch itself:
   mean and E(x^2) - mean^2 over (N, H, W) (Caffe's one-pass formula, biased), eps 1e-9 (fixed in the code),
-  then scale and shift; optional tops 1 and 2 are that mean and variance (1, C, 1, 1), before the eps.
+  then scale and shift; optional tops 1 and 2 are that mean and variance (1, C, 1, 1), before the eps (only in
+  LEARN mode: BNLayer::MaxTopBlobs).
 - PSPNet's and ICNet's (hszhao/PSPNet bn_layer.cpp): four blobs, slope, bias, moving mean, moving variance,
   each (1, C, 1, 1); at TEST (or with `frozen`) (x - mean) * (variance + eps)^-1/2 * slope + bias, eps from
   bn_param (default 1e-5). In TRAIN without `frozen` it normalises by the batch and updates the moving averages
@@ -42,6 +43,16 @@ def bn_kind(spec: LayerSpec) -> str | None:
     return SCALE_SHIFT if segnet else SLOPE_BIAS_STATISTICS
 
 
+def unknown_bn_kind(param: dict, dialect: str) -> str:
+    """Why a BN layer's fork cannot be told."""
+    segnet, pspnet = sorted(set(param) & SEGNET_BN_FIELDS), sorted(set(param) & PSPNET_BN_FIELDS)
+    if segnet and pspnet:
+        return f"bn_param mixes fields of SegNet's BN ({', '.join(segnet)}) and PSPNet's ({', '.join(pspnet)})"
+    return ("BN is a layer of SegNet's and ENet's Caffe (scale, shift) and of PSPNet's (slope, bias, mean, "
+            f"variance): two different layers under one name, and this file, read as dialect '{dialect}', does "
+            "not say which (bn_mode or scale_filler: SegNet/ENet; slope_filler, frozen or eps: PSPNet)")
+
+
 def segnet_batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """SegNet's LEARN-mode statistics per channel, shaped (1, C, 1, 1): the mean over (N, H, W) and the biased
     variance as E(x^2) - E(x)^2 (Caffe's formula, which is what the layer divides by, cancellation and all)."""
@@ -56,21 +67,15 @@ class ForkBNConverter(LayerConverter):
         kind = bn_kind(spec)
         p = spec.param("bn_param")
         if kind is None:
-            both = set(p) & SEGNET_BN_FIELDS and set(p) & PSPNET_BN_FIELDS
-            return [("bn_param mixes fields of SegNet's BN (" + ", ".join(sorted(set(p) & SEGNET_BN_FIELDS))
-                     + ") and PSPNet's (" + ", ".join(sorted(set(p) & PSPNET_BN_FIELDS)) + ")") if both else
-                    (f"BN is a layer of SegNet's and ENet's Caffe (scale, shift) and of PSPNet's (slope, bias, mean, "
-                     f"variance): two different layers under one name, and this file, read as dialect "
-                     f"'{ctx.dialect}', does not say which (bn_mode or scale_filler: SegNet/ENet; slope_filler, "
-                     "frozen or eps: PSPNet)")]
+            return [unknown_bn_kind(p, ctx.dialect)]
         if kind == SCALE_SHIFT:
             mode = p.get("bn_mode", "LEARN")
             if mode not in ("LEARN", "INFERENCE"):
                 return [f"bn_param.bn_mode: {mode}"]
-            if len(spec.tops) > 1 and mode != "LEARN":
-                return ["BN with mean/variance tops in INFERENCE mode (Caffe leaves those tops unwritten)"]
-            if len(spec.tops) not in (1, 3):
-                return [f"BN with {len(spec.tops)} tops (Caffe makes 1, or 3 with the batch mean and variance)"]
+            # BNLayer::MaxTopBlobs: 3 in LEARN mode (the batch mean and variance), else 1
+            if len(spec.tops) > (3 if mode == "LEARN" else 1):
+                return [f"BN with {len(spec.tops)} tops in {mode} mode (it makes at most "
+                        f"{3 if mode == 'LEARN' else 1}: the output{', batch mean and variance' * (mode == 'LEARN')})"]
             return []
         problems = []
         if len(spec.tops) != 1:
@@ -117,7 +122,7 @@ class SegNetBN(CaffeLayer):
         mean, variance = segnet_batch_statistics(x)
         normalised = (x - mean) / torch.sqrt(variance + SEGNET_BN_EPS)
         y = torch.addcmul(self.shift, normalised, self.scale)
-        return (y, mean, variance) if self.tops == 3 else y
+        return (y, mean, variance)[: self.tops] if self.tops > 1 else y
 
     def extra_repr(self) -> str:
         return "INFERENCE: x * scale + shift" if self.inference else "LEARN: batch statistics, eps 1e-9"

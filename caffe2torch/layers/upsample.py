@@ -75,6 +75,12 @@ class UpsampleConverter(LayerConverter):
         return [(data[0], data[1], out_h, out_w)]
 
     def scale_change(self, spec, bottoms, tops):
+        # Each value goes back to its pooling window: the pooling's factor (the scale), also where pad_out or
+        # upsample_h trims the last row.
+        param = spec.param("upsample_param")
+        fixed, scale, _ = upsample_geometry(param)
+        if fixed is None or "scale" in param:
+            return float(scale[0] if fixed is None else param["scale"])
         h_in, h_out = bottoms[0][2], tops[0][2]
         return h_out / h_in if h_in and h_out else None
 
