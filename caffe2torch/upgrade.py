@@ -423,9 +423,13 @@ def dense_image_data_shapes(layer: dict[str, Any]) -> list[Shape]:
     """SegNet's DenseImageData tops: (batch, 3 or 1, H, W) and the label (batch, 1, H, W), H x W being
     transform_param.crop_size, else crop_height x crop_width, else new_height x new_width, else each image's."""
     param = layer.get("dense_image_data_param", {})
-    crop = layer.get("transform_param", {}).get("crop_size") or 0
-    size = ((crop, crop) if crop else (param.get("crop_height"), param.get("crop_width"))
-            if param.get("crop_height") else (param.get("new_height"), param.get("new_width")))
+    crop = layer.get("transform_param", {}).get("crop_size")
+    if crop:
+        size = (crop, crop)
+    elif param.get("crop_height"):
+        size = (param.get("crop_height"), param.get("crop_width"))
+    else:
+        size = (param.get("new_height"), param.get("new_width"))
     height, width = (s or None for s in size)
     batch = param.get("batch_size")
     channels = 3 if param.get("is_color", True) else 1

@@ -75,6 +75,8 @@ def test_binary_layout_is_upstreams(fork):
     assert number(table, "NetParameter", "layer") == 100 and number(table, "NetParameter", "layers") == 2
     for field in ("name", "type", "blobs"):
         assert number(table, "LayerParameter", field) == number(upstream, "LayerParameter", field)
+        assert number(table, "V1LayerParameter", field) == number(upstream, "V1LayerParameter", field)
+    assert table["enums"]["V1LayerParameter.LayerType"] == upstream["enums"]["V1LayerParameter.LayerType"]
     fork_blob, upstream_blob = table["messages"]["BlobProto"], upstream["messages"]["BlobProto"]
     for field, entry in fork_blob.items():
         assert upstream_blob[field] == entry, field

@@ -387,3 +387,23 @@ def test_pspnet_interp_is_deeplab_v2s():
     blobs = run_net(net, data=x)
     np.testing.assert_array_equal(blobs["up"], np.broadcast_to(blobs["bn"], (1, 2, 5, 5)))
     check_onnx(net, {"data": x}, {"up": blobs["up"]})
+
+
+def test_grouped_deconvolution_without_bias(tmp_path):
+    # FCN's upsampling layers: Deconvolution, bias_term false (and, in some FCN deploy files, one group per
+    # class). Weights are (in, out/group, kh, kw); with 2 groups input channel g feeds output channel g alone:
+    # a 1x1 input [1, 2] through 2x2 kernels w0, w1 gives 1 * w0 and 2 * w1.
+    text = """name: "t"
+input: "data"
+input_shape { dim: 1 dim: 2 dim: 1 dim: 1 }
+layer { name: "up" type: "Deconvolution" bottom: "data" top: "up"
+        convolution_param { num_output: 2 bias_term: false kernel_size: 2 stride: 2 group: 2 } }"""
+    spec = spec_from_text(text)
+    assert infer_shapes(spec).layers[0].blob_shapes == [(2, 1, 2, 2)]
+    weights = np.array([[[[1, 2], [3, 4]]], [[[5, 6], [7, 8]]]], np.float32)
+    write_caffemodel(tmp_path / "w.caffemodel", [WeightsLayer("up", "Deconvolution", [weights])])
+    net = convert(spec, tmp_path / "w.caffemodel")[0]
+    x = np.array([1, 2], np.float32).reshape(1, 2, 1, 1)
+    up = run_net(net, data=x)["up"]
+    np.testing.assert_array_equal(up[0], [[[1, 2], [3, 4]], [[10, 12], [14, 16]]])
+    check_onnx(net, {"data": x}, {"up": up})
