@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from caffe2torch.dialects import DIALECTS
 from caffe2torch.errors import Location, NetDefinitionError
 from caffe2torch.netspec import DroppedLayer, InputSpec, LayerSpec, NetSpec, ParamSpec, Shape
 from caffe2torch.parse import ParsedPrototxt
+from caffe2torch.python_layers import is_python_data_layer, python_class, python_data_inputs
 
 # V1 LayerType enum names (stock and DeepLab v1) → layer type strings.
 V1_LAYER_TYPES = {
@@ -45,6 +47,8 @@ DATA_LAYER_TYPES = {
     # DeepLab's MatRead has no bottoms and one top read from .mat files (precomputed scores, e.g. to run only
     # the DenseCRF): at deploy time that top is a net input like any other.
     "MatRead",
+    # SegNet's and ENet's image + label pairs from a list file (caffe-segnet dense_image_data_layer.cpp).
+    "DenseImageData",
 }
 # Layers that only matter for training, evaluation or file output: dropped for inference, said out loud.
 TRAINING_ONLY_TYPES = {
@@ -252,6 +256,20 @@ def upgrade_automatic_loss_tops(net: RawNet) -> None:
             layer["top"] = [layer["name"]]
 
 
+def upgrade_fork_param_defaults(net: RawNet) -> None:
+    """Layer types two forks register under one name with different meanings (SegNet's BN: scale and shift;
+    PSPNet's BN: slope, bias and moving statistics) get their dialect's defaults written out where the file
+    leaves them unset (Dialect.param_defaults), so the layer's own parameters say which layer it is."""
+    dialect = DIALECTS.get(net.dialect)
+    if dialect is None:
+        return
+    for layer in net.layers:
+        for message, defaults in dialect.param_defaults.get(layer.get("type", ""), {}).items():
+            param = layer.setdefault(message, {})
+            for key, value in defaults.items():
+                param.setdefault(key, value)
+
+
 def upgrade_padding_params(net: RawNet) -> None:
     """DeepLab v1 PADDING: defaults made explicit so the converter reads plain numbers."""
     for layer in net.layers:
@@ -270,6 +288,7 @@ UPGRADES: list[Callable[[RawNet], None]] = [
     upgrade_legacy_axes,
     upgrade_data_transform,
     upgrade_padding_params,
+    upgrade_fork_param_defaults,
     upgrade_automatic_loss_tops,
 ]
 
@@ -345,7 +364,7 @@ def _transform_of(layer: dict[str, Any]) -> dict[str, Any]:
     for key in ("ignore_label", "label_type", "is_color", "new_height", "new_width"):
         if key in image:
             transform[key] = image[key]
-    if transform or layer.get("type") in ("ImageSegData", "ImageData", "Data", "WindowData"):
+    if transform or layer.get("type") in ("ImageSegData", "ImageData", "Data", "WindowData", "DenseImageData"):
         transform.setdefault("channel_order", "BGR")
     return transform
 
@@ -376,6 +395,8 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
         return shapes + [(None,)] * (len(tops) - len(shapes))
     if kind == "MatRead":
         return [(layer.get("mat_read_param", {}).get("batch_size", 1), None, None, None)]
+    if kind == "DenseImageData":
+        return dense_image_data_shapes(layer)
     if kind == "MemoryData":
         p = layer.get("memory_data_param", {})
         batch = p.get("batch_size")
@@ -396,6 +417,23 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
         # tops: data, label, data_dim (valid height and width of each image)
         return [data, (batch, 1, height, width), (batch, 1, 1, 2)][: len(tops)]
     return [data, (batch,), (batch, 1, 1, 2)][: len(tops)] + [(None,)] * max(0, len(tops) - 3)
+
+
+def dense_image_data_shapes(layer: dict[str, Any]) -> list[Shape]:
+    """SegNet's DenseImageData tops: (batch, 3 or 1, H, W) and the label (batch, 1, H, W), H x W being
+    transform_param.crop_size, else crop_height x crop_width, else new_height x new_width, else each image's."""
+    param = layer.get("dense_image_data_param", {})
+    crop = layer.get("transform_param", {}).get("crop_size")
+    if crop:
+        size = (crop, crop)
+    elif param.get("crop_height"):
+        size = (param.get("crop_height"), param.get("crop_width"))
+    else:
+        size = (param.get("new_height"), param.get("new_width"))
+    height, width = (s or None for s in size)
+    batch = param.get("batch_size")
+    channels = 3 if param.get("is_color", True) else 1
+    return [(batch, channels, height, width), (batch, 1, height, width)][: len(layer.get("top", []))]
 
 
 def _check_input_overrides(overrides: dict[str, Shape] | None, names: list[str], source: str | None) -> None:
@@ -443,6 +481,13 @@ def upgrade_net(
                                              layer.get("line"), list(layer.get("top", []))))
             continue
         kind = layer.get("type", "")
+        if is_python_data_layer(layer):
+            inputs, note = python_data_inputs(layer)
+            spec.inputs += inputs
+            spec.notes.append(note)
+            spec.dropped.append(DroppedLayer(layer["name"], kind, f"Python data layer ({python_class(layer)}): its "
+                                             "tops are net inputs", layer.get("line"), list(layer.get("top", []))))
+            continue
         if kind in DATA_LAYER_TYPES:
             spec.inputs += data_layer_inputs(layer)
             spec.dropped.append(DroppedLayer(layer["name"], kind, "data layer: its tops are net inputs",

@@ -22,15 +22,21 @@ assert pool.net["layer"][0]["pooling_param"]["round_mode"] == "FLOOR"
 bn = parse_prototxt_text('layer { name: "b" type: "Interp" interp_param { zoom_factor: 2 } }\n'
                          'layer { name: "n" type: "BatchNorm" batch_norm_param { update_global_stats: true } }')
 assert bn.dialect == "deeplab_v2" and bn.net["layer"][1]["batch_norm_param"]["update_global_stats"] is True
+# The segmentation zoo's forks (docs/zoo.md).
+seg = parse_prototxt_text('layer { name: "u" type: "Upsample" upsample_param { scale: 2 pad_out_h: true } }')
+psp = parse_prototxt_text('layer { name: "b" type: "BN" bn_param { frozen: true } }\n'
+                          'layer { name: "i" type: "Interp" interp_param { zoom_factor: 8 } }')
+assert (seg.dialect, psp.dialect) == ("segnet", "pspnet")
 # Each dialect's descriptors, as this runtime loads them, still equal its fork's field table.
 import importlib.util
 import json
 from google.protobuf import descriptor_pb2
-from caffe2torch.proto import deeplab_v1_pb2, deeplab_v2_pb2, upstream_pb2
+from caffe2torch.proto import deeplab_v1_pb2, deeplab_v2_pb2, enet_pb2, pspnet_pb2, segnet_pb2, upstream_pb2
 spec = importlib.util.spec_from_file_location("extract", "scripts/extract_schema_table.py")
 extract = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(extract)
-for dialect, module in (("upstream", upstream_pb2), ("deeplab_v1", deeplab_v1_pb2), ("deeplab_v2", deeplab_v2_pb2)):
+for dialect, module in (("upstream", upstream_pb2), ("deeplab_v1", deeplab_v1_pb2), ("deeplab_v2", deeplab_v2_pb2),
+                        ("segnet", segnet_pb2), ("enet", enet_pb2), ("pspnet", pspnet_pb2)):
     files, pending = [], [module.DESCRIPTOR]
     while pending:
         file = pending.pop()
@@ -41,7 +47,7 @@ for dialect, module in (("upstream", upstream_pb2), ("deeplab_v1", deeplab_v1_pb
     ours = extract.schema_table(files, f"{module.DESCRIPTOR.package}.NetParameter")
     fork = json.load(open(f"tests/data/schemas/{dialect}.json"))
     assert ours == {"messages": fork["messages"], "enums": fork["enums"]}, dialect
-print(f"protobuf {sys.argv[1]}: schemas load and equal the forks' field tables, all three dialects parse")
+print(f"protobuf {sys.argv[1]}: schemas load and equal the forks' field tables, every dialect parses")
 PY
   rm -rf "$target"
 done

@@ -26,7 +26,8 @@ def table() -> str:
         family = type(REGISTRY[name]).__module__.rsplit(".", 1)[-1]
         rows.append(f"| {name} | {v1_names.get(name, '-')} | `layers/{family}.py` |")
     rows.append("")
-    rows.append("Data layers, which become net inputs: " + ", ".join(sorted(DATA_LAYER_TYPES)) + ".")
+    rows.append("Data layers, which become net inputs: " + ", ".join(sorted(DATA_LAYER_TYPES))
+                + ", and a Python layer without bottoms (FCN's data layers; one that reads blobs is unsupported).")
     rows.append("")
     rows.append("Dropped at deploy time, and reported: " + ", ".join(sorted(TRAINING_ONLY_TYPES)) + ".")
     return "\n".join(rows)

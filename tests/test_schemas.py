@@ -11,21 +11,26 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2
 
-from caffe2torch.proto import common_pb2, deeplab_v1_pb2, deeplab_v2_pb2, upstream_pb2
+from caffe2torch.proto import common_pb2, deeplab_v1_pb2, deeplab_v2_pb2, enet_pb2, pspnet_pb2, segnet_pb2, upstream_pb2
 
 from .conftest import REPO
 
 TABLES = REPO / "tests" / "data" / "schemas"
-DIALECT_MODULES = {"upstream": upstream_pb2, "deeplab_v1": deeplab_v1_pb2, "deeplab_v2": deeplab_v2_pb2}
+DIALECT_MODULES = {"upstream": upstream_pb2, "deeplab_v1": deeplab_v1_pb2, "deeplab_v2": deeplab_v2_pb2,
+                   "segnet": segnet_pb2, "enet": enet_pb2, "pspnet": pspnet_pb2}
 # Where each table was extracted from (scripts/extract_schema_table.py; deeplab-caffe-facts.md names the forks).
 SOURCES = {
     "upstream": ("BVLC/caffe", "9b891540183ddc834a02b2bd81b31afae71b2153"),
     "deeplab_v1": ("corenel/deeplab-public", "10d174fb15e6b1e4ba1fe9cc22ec5b07b701a81f"),
     "deeplab_v2": ("DrSleep/deeplab-public-ver2", "071ef5a59aad8d9e6e1f5b8dff3d7a5c984a3d3a"),
+    # The segmentation zoo's forks (docs/zoo.md).
+    "segnet": ("alexgkendall/caffe-segnet", "344c113bf1832886f1cbe9f33ffe28a3beeaf412"),
+    "enet": ("TimoSaemann/caffe-enet", "22d356c956cdc5e752e6d40612e4f6c60fc8f471"),
+    "pspnet": ("hszhao/PSPNet", "798bdc907c8630e8c3997ebfdd0d7cae0c5ab03b"),
 }
 # Deliberate differences between our schema and the fork's, as table_differences() words them. None at present:
 # each dialect reads exactly what its fork's Caffe reads.
-DELIBERATE_DIFFERENCES: dict[str, list[str]] = {"upstream": [], "deeplab_v1": [], "deeplab_v2": []}
+DELIBERATE_DIFFERENCES: dict[str, list[str]] = {name: [] for name in SOURCES}
 
 
 def load_script(name: str) -> ModuleType:
@@ -46,7 +51,7 @@ def test_generated_modules_are_current():
 
 def test_generated_modules_carry_no_runtime_version_guard():
     # The guard would refuse protobuf 4 and 5 runtimes.
-    for name in ("common", "upstream", "deeplab_v1", "deeplab_v2"):
+    for name in ("common", *DIALECT_MODULES):
         text = (REPO / "caffe2torch" / "proto" / f"{name}_pb2.py").read_text()
         assert "ValidateProtobufRuntimeVersion" not in text
 
@@ -174,6 +179,7 @@ CROSS_FORK_CLASHES = {
     "ImageDataParameter.batch_size": "v1 no default; upstream, v2 default 1",
     "LayerParameter.param": "v1 repeated string (V1 style); upstream, v2 repeated ParamSpec",
     "LayerParameter.type": "v1 enum LayerType; upstream, v2 string",
+    "LossParameter.normalize": "segnet, enet default true; upstream, v2, pspnet no default",
     "NetParameter.layers": "v1 LayerParameter; upstream, v2 V1LayerParameter",
     "UniqueLabelParameter.ignore_label": "v1 repeated float; v2 repeated int32",
 }

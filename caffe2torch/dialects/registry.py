@@ -8,9 +8,10 @@ field numbers of binary files. A new fork arrives as a new module that registers
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -27,6 +28,10 @@ class Dialect:
     layer_types: frozenset[str] = field(default_factory=frozenset)
     # Detection tie-break: lower wins when two dialects explain a file equally well.
     priority: int = 100
+    # {layer type: {parameter message: {field: value}}}: fields the upgrade chain writes out where a file leaves
+    # them unset, for layer types two forks register under one name with different meanings (SegNet's and
+    # PSPNet's BN), so that the layer's own parameters say which it is (upgrade.upgrade_fork_param_defaults).
+    param_defaults: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
 
     @property
     def net_descriptor(self) -> Descriptor:

@@ -7,11 +7,13 @@ from caffe2torch.layers import (  # noqa: F401  (imported for their @register si
     densecrf,
     domain_transform,
     eltwise,
+    fork_batchnorm,
     interp,
     loss,
     normalization,
     pooling,
     softmax,
+    upsample,
 )
 from caffe2torch.layers.registry import REGISTRY, BuildContext, CaffeLayer, LayerConverter, get_converter
 

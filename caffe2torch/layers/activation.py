@@ -84,6 +84,13 @@ class BNLLConverter(LayerConverter):
 class DropoutConverter(LayerConverter):
     """Identity at test time: Caffe's Dropout scales during training (scale_train), not at test."""
 
+    def check(self, spec, ctx):
+        # SegNet's and ENet's Caffe: sample_weights_test drops at TEST too (Bayesian SegNet's Monte Carlo dropout).
+        if spec.param("dropout_param").get("sample_weights_test"):
+            return ["dropout_param.sample_weights_test: true (random dropout at test time, Bayesian SegNet's "
+                    "sampling; remove it for the deterministic SegNet)"]
+        return []
+
     def build(self, spec, bottoms, ctx):
         return Elementwise(lambda x: x, "identity at test time")
 

@@ -9,6 +9,7 @@ import math
 import torch.nn.functional as F
 
 from caffe2torch.caffe_math import pool_output_size
+from caffe2torch.layers.pooling_mask import CaffeMaxPoolingWithMask, mask_top_problems
 from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
 from caffe2torch.netspec import LayerSpec
 
@@ -32,7 +33,7 @@ class PoolingConverter(LayerConverter):
 
     def check(self, spec, ctx):
         p = spec.param("pooling_param")
-        problems = []
+        problems = mask_top_problems(spec)  # a second top: MAX pooling's mask (layers/pooling_mask.py)
         method = p.get("pool", "MAX")
         if method not in ("MAX", "AVE"):
             problems.append(f"pool: {method} (only MAX and AVE are defined at test time)")
@@ -58,7 +59,7 @@ class PoolingConverter(LayerConverter):
         n, c, h, w = bottoms[0]
         kernel, stride, pad = self._geometry(spec, h, w)
         if spec.param("pooling_param").get("global_pooling"):
-            return [(n, c, 1, 1)]
+            return [(n, c, 1, 1)] * len(spec.tops)  # the mask top, if any, is shaped like the pooled one
         sizes = []
         for size, k, q, s in ((h, kernel[0], pad[0], stride[0]), (w, kernel[1], pad[1], stride[1])):
             out = pool_output_size(size, k, q, s)
@@ -66,7 +67,7 @@ class PoolingConverter(LayerConverter):
                 raise ValueError(f"Caffe's last pooling window (kernel {k}, stride {s}) would start past the "
                                  f"end of an input of size {size}: an empty window Caffe leaves undefined")
             sizes.append(out)
-        return [(n, c, *sizes)]
+        return [(n, c, *sizes)] * len(spec.tops)  # the mask top, if any, is shaped like the pooled one
 
     def window(self, spec):
         if spec.param("pooling_param").get("global_pooling"):
@@ -76,6 +77,9 @@ class PoolingConverter(LayerConverter):
 
     def build(self, spec, bottoms, ctx):
         p = spec.param("pooling_param")
+        if len(spec.tops) == 2:  # MAX with its mask top (layers/pooling_mask.py)
+            kernel, stride, pad = ([None, None], [1, 1], [0, 0]) if p.get("global_pooling") else self._geometry(spec)
+            return CaffeMaxPoolingWithMask(None if None in kernel else tuple(kernel), tuple(stride), tuple(pad))
         if p.get("global_pooling"):
             return CaffeGlobalPooling(p.get("pool", "MAX"))
         kernel, stride, pad = self._geometry(spec)
