@@ -4,7 +4,8 @@ Strict by default: missing layers, caffemodel layers the net does not use, and s
 and raised together. Legacy blob shapes (DeepLab v1's num/channels/height/width: biases as 1x1x1xN,
 InnerProduct weights as 1x1xNxK) are accepted when they differ from the expected shape only by leading 1s.
 Layers that share parameters by ParamSpec name load them once, from the owning layer (Caffe repeats shared
-blobs in every layer that uses them).
+blobs in every layer that uses them). NaN and infinite weights load as they are (Caffe would run with them
+too) but are counted per layer in the report, so every command can warn about them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def blob_shape_matches(expected: Shape, actual: tuple[int, ...]) -> bool:
 
     if same(expected, actual):
         return True
+    if tuple(expected) == (1,) and tuple(actual) == ():  # a scalar blob (PReLU channel_shared) as Caffe saves it
+        return True
     trimmed = tuple(actual)
     while len(trimmed) > len(expected) and trimmed[0] == 1:
         trimmed = trimmed[1:]
@@ -41,10 +44,26 @@ class LoadReport:
     unused: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     shared: list[str] = field(default_factory=list)
+    # layer → (NaN or infinite values, values) for layers whose weights are not all finite
+    nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unused or self.mismatched)
+
+    def nonfinite_text(self) -> str | None:
+        """One warning line naming every layer with NaN or infinite weights, or None."""
+        if not self.nonfinite:
+            return None
+        parts = [f"{name} ({bad:,} of {total:,} values)" for name, (bad, total) in self.nonfinite.items()]
+        return "the caffemodel holds NaN or infinite weights in " + ", ".join(parts)
+
+
+def count_nonfinite(array: np.ndarray, chunk: int = 1 << 22) -> int:
+    """NaN and infinite values in an array, a chunk at a time (no full-size temporary for a large blob)."""
+    flat = array.reshape(-1)
+    return sum(int(flat.size - np.count_nonzero(np.isfinite(flat[i : i + chunk])))
+               for i in range(0, flat.size, chunk))
 
 
 def match_weights(
@@ -90,6 +109,9 @@ def match_weights(
             continue
         plan[layer.name] = source.blobs
         report.loaded.append(layer.name)
+        bad = sum(count_nonfinite(b) for b in source.blobs)
+        if bad:
+            report.nonfinite[layer.name] = (bad, sum(b.size for b in source.blobs))
     known = {layer.name for layer in spec.layers}
     report.unused = [name for name in available if name not in known]
     return report, plan

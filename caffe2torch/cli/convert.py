@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
@@ -14,8 +13,18 @@ from caffe2torch.crf import crf_preset as crf_preset_params
 from caffe2torch.definitions import bundled_definition
 from caffe2torch.images import list_images, read_image
 from caffe2torch.known_models import identify, known_model
-from caffe2torch.onnx_export import export_onnx
-from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
+from caffe2torch.onnx_export import check_exportable, export_onnx
+from caffe2torch.paths import check_output_dir, make_output_dir
+from caffe2torch.pipeline import (
+    check_blob_names,
+    check_input_arrays,
+    check_run_budget,
+    convert,
+    input_shapes_of,
+    read_net,
+    set_input_shapes,
+    verify_torch,
+)
 from caffe2torch.quantize import quantize_int8
 from caffe2torch.runner import model_info
 from caffe2torch.util import atomic_write_text, file_sha256
@@ -69,17 +78,21 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     else:
         raise click.UsageError("give PROTOTXT and CAFFEMODEL, or --model ID and CAFFEMODEL")
     started = time.perf_counter()
+    # Everything is validated before anything is written into OUTDIR.
+    out = check_output_dir(outdir)
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
     arrays = load_npz(inputs, "inputs") if inputs else None
+    expected = load_npz(reference, "reference") if reference else None
     if arrays:
+        check_input_arrays(spec, arrays, inputs)
         set_input_shapes(spec, input_shapes_of(arrays))
     model = read_caffemodel(caffemodel)
     net, loaded = convert(spec, model)
     echo_notes(spec.notes)
+    if loaded.nonfinite:
+        click.echo(f"warning: {loaded.nonfinite_text()}", err=True)
     for dropped in spec.dropped:
         click.echo(f"dropped {dropped.name} ({dropped.type}): {dropped.reason}", err=True)
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
     artifact = out / ARTIFACT_NAME
     known = identify(model)
     preset = crf_preset or (known.crf_preset if known else ("v1" if spec.dialect == "deeplab_v1" else "v2"))
@@ -87,6 +100,17 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
         crf_preset_params(preset)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--crf-preset") from None
+    outputs = [o for o in onnx_outputs.split(",") if o] or None
+    if outputs:
+        check_blob_names(net, outputs, "--onnx-outputs")
+    if write_onnx:
+        check_exportable(net, outputs or net.output_names)
+    elif int8_images:
+        raise click.UsageError("--int8 needs the ONNX export (drop --no-onnx)")
+    images = [read_image(p) for p in list_images([int8_images])[:16]] if int8_images else []
+    if arrays is not None:
+        check_run_budget(net, arrays, inputs)
+    make_output_dir(out)
     if known:
         click.echo(f"recognised {known.name} ({known.id})")
     sources = {
@@ -99,7 +123,6 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     click.echo(f"wrote {artifact} ({len(spec.layers)} layers, {params:,} parameters, "
                f"{len(loaded.loaded)} layers with weights) in {time.perf_counter() - started:.1f} s")
     if write_onnx:
-        outputs = [o for o in onnx_outputs.split(",") if o] or None
         info = model_info(spec, preset)
         info.model_id = known.id if known else None
         if outputs:
@@ -108,14 +131,10 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
         export_onnx(net, out / ONNX_NAME, outputs, metadata)
         click.echo(f"wrote {out / ONNX_NAME} (onnxruntime; dynamic batch, height and width)")
         if int8_images:
-            paths = list_images([int8_images])[:16]
-            images = [read_image(p) for p in paths]
             quantize_int8(out / ONNX_NAME, out / INT8_NAME, spec, images, info)
             click.echo(f"wrote {out / INT8_NAME} (int8, calibrated on {len(images)} image(s))")
-    elif int8_images:
-        raise click.UsageError("--int8 needs the ONNX export (drop --no-onnx)")
     if arrays is not None:
-        report = verify_torch(net, arrays, load_npz(reference, "reference"), tol)
+        report = verify_torch(net, arrays, expected, tol)
         atomic_write_text(out / "parity.json", report.to_json())
         click.echo(format_report(report))
         click.echo(f"wrote {out / 'parity.json'}")
