@@ -84,24 +84,27 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         with open(path, "rb") as handle:
             size = handle.seek(0, 2)
             handle.seek(0)
-            head = handle.read(8)
-            if len(head) < 8:
-                raise corrupt(f"{size} bytes: too short for a safetensors file" + _looks_like(head))
-            (length,) = struct.unpack("<Q", head)
+            first = handle.read(64)
+            kind = describe_content(first)
+            if kind and not kind.startswith("a safetensors"):
+                raise ArtifactError(f"not a caffe2torch artifact: it looks like {kind}", where)
+            if len(first) < 8:
+                raise corrupt(f"{size} bytes: too short for a safetensors file")
+            (length,) = struct.unpack("<Q", first[:8])
             if length > limits.MAX_HEADER_BYTES:
                 raise corrupt(f"its header claims {limits.human_bytes(length)}, over the "
-                              f"{limits.human_bytes(limits.MAX_HEADER_BYTES)} an artifact header may take"
-                              + _looks_like(head + handle.read(56)))
+                              f"{limits.human_bytes(limits.MAX_HEADER_BYTES)} an artifact header may take")
             if 8 + length > size:
                 raise corrupt(f"its header claims {length:,} bytes but the file has {size - 8:,} after the length; "
-                              "truncated?" + _looks_like(head + handle.read(56)))
+                              "truncated?")
+            handle.seek(8)
             raw = handle.read(length)
     except OSError as exc:
         raise ArtifactError(f"cannot read: {exc.strerror}", where) from None
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise corrupt("its header is not JSON" + _looks_like(head + raw[:56])) from None
+        raise corrupt("its header is not JSON") from None
     if not isinstance(header, dict):
         raise corrupt("its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -127,11 +130,6 @@ def _tensor_entry(name: str, entry: Any, data_size: int, data_start: int, corrup
         raise corrupt(f"tensor '{name}' has data offsets {offsets!r} outside the file's {data_size:,} data bytes "
                       "(truncated?)")
     return TensorEntry(dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
-
-
-def _looks_like(head: bytes) -> str:
-    kind = describe_content(head)
-    return f"; it looks like {kind}" if kind and not kind.startswith("a safetensors") else ""
 
 
 def _check_metadata(metadata: dict[str, str], where: Location) -> None:

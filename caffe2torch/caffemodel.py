@@ -113,7 +113,7 @@ class _Reader:
 
     def fail(self, what: str, offset: int) -> CaffeModelError:
         return CaffeModelError(
-            f"truncated or corrupt caffemodel: {what} at byte {offset} of {len(self.buf)}{_content_hint(self.buf)}",
+            f"truncated or corrupt caffemodel: {what} at byte {offset} of {len(self.buf)}",
             Location(self.source),
         )
 
@@ -241,7 +241,19 @@ class _Reader:
 
 
 def read_caffemodel_bytes(buf: memoryview | bytes, source: str | None = None) -> CaffeModel:
-    reader = _Reader(memoryview(buf), source)
+    """Read a caffemodel from memory; CaffeModelError (naming what and where) for anything else."""
+    try:
+        return _read_net_parameter(_Reader(memoryview(buf), source))
+    except CaffeModelError:
+        kind = describe_content(bytes(memoryview(buf)[:64]))
+        if kind is None:
+            raise
+        hint = " (the prototxt goes in the PROTOTXT argument)" if kind.startswith("a text file") else ""
+        raise CaffeModelError(f"not a caffemodel: it looks like {kind}{hint}", Location(source)) from None
+
+
+def _read_net_parameter(reader: _Reader) -> CaffeModel:
+    source = reader.source
     name = ""
     layers: list[CaffeModelLayer] = []
     hint = "layer"
@@ -278,19 +290,8 @@ def read_caffemodel_bytes(buf: memoryview | bytes, source: str | None = None) ->
                 layer.legacy_shape.append(legacy)
             layers.append(layer)
     if not layers:
-        raise CaffeModelError(f"not a caffemodel: it holds no layers{_content_hint(reader.buf)}", Location(source))
+        raise CaffeModelError("not a caffemodel: it holds no layers", Location(source))
     return CaffeModel(name, layers, source, hint)
-
-
-def _content_hint(buf: memoryview) -> str:
-    """'; it looks like a PNG image' where the bytes are a well-known other format."""
-    kind = describe_content(bytes(buf[:64]))
-    if kind is None:
-        return ""
-    hint = f"; it looks like {kind}"
-    if kind.startswith("a text file"):
-        hint += " (the prototxt goes in the PROTOTXT argument, the binary weights in CAFFEMODEL)"
-    return hint
 
 
 def read_caffemodel(path: str | Path) -> CaffeModel:

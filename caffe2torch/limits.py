@@ -68,6 +68,8 @@ def max_blobs_bytes() -> int:
 def human_bytes(n: int | float) -> str:
     """1536 → '1.5 KiB'; sizes a user can read at a glance."""
     value = float(n)
+    if value >= 1 << 60:
+        return f"{value:.2e} bytes"
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if value < 1024 or unit == "PiB":
             return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
@@ -77,6 +79,8 @@ def human_bytes(n: int | float) -> str:
 
 def human_count(n: int) -> str:
     """2_800_000_000 → '2.8 billion'."""
+    if n >= 10**15:
+        return f"{n:.2e}"
     for size, word in ((10**12, "trillion"), (10**9, "billion"), (10**6, "million")):
         if n >= size:
             return f"{n / size:.3g} {word}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import tempfile
 from pathlib import Path
 
 from caffe2torch.errors import CaffeError, Location
@@ -97,10 +98,17 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 def make_output_dir(path: str | Path) -> Path:
-    """check_output_dir, then create it; OS errors become CaffeErrors naming the path."""
+    """check_output_dir, then create it and make sure a file can be written there (a probe file, removed at
+    once: permissions alone do not tell, e.g. for root, read-only mounts or immutable folders); OS errors
+    become CaffeErrors naming the path."""
     path = check_output_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CaffeError(f"cannot create the output folder: {exc.strerror}", Location(str(path))) from None
+    try:
+        with tempfile.TemporaryFile(dir=path, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        raise CaffeError(f"cannot write into the output folder: {exc.strerror}", Location(str(path))) from None
     return path

@@ -22,7 +22,7 @@ from caffe2torch.net import CaffeNet, build_net
 from caffe2torch.netspec import NetSpec, Shape
 from caffe2torch.parse import parse_prototxt
 from caffe2torch.paths import require_file, sniff
-from caffe2torch.shapes import check_blobs_budget, check_weights_budget, infer_shapes
+from caffe2torch.shapes import check_blobs_budget, check_input_shapes, check_weights_budget, infer_shapes
 from caffe2torch.upgrade import upgrade_net
 from caffe2torch.verify import DEFAULT_TOLERANCE, VerifyReport, compare_blobs
 
@@ -39,7 +39,9 @@ def read_net(
     training-only layers dropped and listed) or with its losses, to fine-tune in PyTorch."""
     check_prototxt_file(prototxt)
     parsed = parse_prototxt(prototxt, defines=dict(defines or {}), dialect=dialect)
-    return upgrade_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}), deploy=deploy)
+    spec = upgrade_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}), deploy=deploy)
+    check_input_shapes(spec)  # an absurd input_dim or --input-shape is refused here, before anything else
+    return spec
 
 
 def check_prototxt_file(path: str | Path) -> None:

@@ -131,8 +131,9 @@ def infer_shapes(spec: NetSpec, check: bool = True) -> ShapeReport:
         for top, shape in zip(layer.tops, tops):
             if any(d is not None and d <= 0 for d in shape):
                 shown = ", ".join(shape_text(s) for s in bottoms)
-                raise NetDefinitionError(f"top '{top}' would have shape {shape_text(shape)} from bottom(s) {shown}: "
-                                         "a dimension below 1 (the input is too small for this layer)", where)
+                raise NetDefinitionError(f"top '{top}' would have shape {shape_text(shape)} (from {shown}): every "
+                                         "dimension must be at least 1 (is the input too small for this layer?)",
+                                         where)
             problem = limits.blob_problem(shape)
             if problem:
                 raise NetDefinitionError(f"top '{top}' of shape {shape_text(shape)} would hold {problem}", where)

@@ -147,16 +147,16 @@ def count_problems(converter: LayerConverter, spec: LayerSpec) -> list[str]:
         if low <= have and (high is None or have <= high):
             continue
         if low == high:
-            wanted = f"exactly {low}"
+            wanted, plural = f"exactly {low}", low != 1
         elif high is None:
-            wanted = f"at least {low}"
+            wanted, plural = f"at least {low}", low != 1
         else:
-            wanted = f"{low} to {high}"
+            wanted, plural = f"{low} to {high}", True
         verb = "takes" if what == "bottom" else "makes"
-        problems.append(f"{spec.type} {verb} {wanted} {what}(s); this layer has {have}")
+        problems.append(f"{spec.type} {verb} {wanted} {what}{'s' if plural else ''}; this layer has {have}")
     if converter.equal_bottoms_tops and len(spec.bottoms) != len(spec.tops):
-        problems.append(f"{spec.type} makes one top per bottom; this layer has {len(spec.bottoms)} bottom(s) "
-                        f"and {len(spec.tops)} top(s)")
+        problems.append(f"{spec.type} makes one top per bottom; this layer has {len(spec.bottoms)} bottoms "
+                        f"and {len(spec.tops)} tops")
     if not converter.in_place:
         shared = [t for t in spec.tops if t in spec.bottoms]
         if shared:
