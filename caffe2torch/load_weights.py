@@ -66,11 +66,19 @@ def count_nonfinite(array: np.ndarray, chunk: int = 1 << 22) -> int:
                for i in range(0, flat.size, chunk))
 
 
+def record_nonfinite(report: LoadReport, layer: str, blobs: list[np.ndarray]) -> None:
+    bad = sum(count_nonfinite(b) for b in blobs)
+    if bad:
+        report.nonfinite[layer] = (bad, sum(b.size for b in blobs))
+
+
 def match_weights(
-    spec: NetSpec, shapes: ShapeReport, model: CaffeModel
+    spec: NetSpec, shapes: ShapeReport, model: CaffeModel, nonfinite: bool = True
 ) -> tuple[LoadReport, dict[str, list[np.ndarray]]]:
     """Pair the net's layers with the caffemodel's, checking counts and shapes; load nothing. Needs only the
-    NetSpec and its inferred shapes, so `deeplab-info` can check weights without building the net."""
+    NetSpec and its inferred shapes, so `deeplab-info` can check weights without building the net. With
+    `nonfinite`, NaN and infinite values are counted too (a pass over the weights); a loader that copies the
+    blobs anyway counts them as it goes (record_nonfinite) and passes False."""
     report = LoadReport()
     plan: dict[str, list[np.ndarray]] = {}
     available = {layer.name: layer for layer in model.with_blobs()}
@@ -109,12 +117,22 @@ def match_weights(
             continue
         plan[layer.name] = source.blobs
         report.loaded.append(layer.name)
-        bad = sum(count_nonfinite(b) for b in source.blobs)
-        if bad:
-            report.nonfinite[layer.name] = (bad, sum(b.size for b in source.blobs))
+        if nonfinite:
+            record_nonfinite(report, layer.name, source.blobs)
+            model.release(source.blobs)  # counting read the mapped pages: let the kernel drop them again
     known = {layer.name for layer in spec.layers}
     report.unused = [name for name in available if name not in known]
     return report, plan
+
+
+def load_plan(net: CaffeNet, model: CaffeModel, plan: dict[str, list[np.ndarray]], report: LoadReport) -> None:
+    """Copy matched blobs into the net layer by layer, counting non-finite values while the pages are in
+    memory, then letting the kernel drop them: a large model never sits in memory twice."""
+    for name, blobs in plan.items():
+        # A blob shared by ParamSpec name is loaded once, through the layer that owns it.
+        net.module(name).load_blobs([None if (name, i) in net.ties else b for i, b in enumerate(blobs)])
+        record_nonfinite(report, name, blobs)
+        model.release(blobs)
 
 
 def load_caffemodel_weights(
@@ -123,11 +141,8 @@ def load_caffemodel_weights(
     """Load a caffemodel's blobs into `net` in place; raise WeightsMismatchError on any mismatch if strict."""
     if not isinstance(model, CaffeModel):
         model = read_caffemodel(model)
-    report, plan = match_weights(net.spec, net.shapes, model)
+    report, plan = match_weights(net.spec, net.shapes, model, nonfinite=False)
     if strict and not report.ok:
         raise WeightsMismatchError(report.missing, report.unused, report.mismatched, model.source)
-    for name, blobs in plan.items():
-        # A blob shared by ParamSpec name is loaded once, through the layer that owns it.
-        net.module(name).load_blobs([None if (name, i) in net.ties else b for i, b in enumerate(blobs)])
-        model.release(blobs)
+    load_plan(net, model, plan, report)
     return report

@@ -53,10 +53,11 @@ class CaffeNet(nn.Module):
         taken: set[str] = set()
         shared = spec.shared_parameters()
         blob_counts = {info.name: len(info.blob_shapes) for info in self.shapes.layers}
+        bottom_shapes = {info.name: info.bottom_shapes for info in self.shapes.layers}
         for layer in spec.layers:
             converter = get_converter(layer.type)
             assert converter is not None  # infer_shapes checked support
-            bottoms = [self.shapes.blobs[b] for b in layer.bottoms]
+            bottoms = bottom_shapes[layer.name]
             # A layer whose every blob is shared (the MSC branches of DeepLab v2) is built on the meta device:
             # its own parameters would be replaced by the owner's at once, so they need no memory.
             count = blob_counts.get(layer.name, 0)

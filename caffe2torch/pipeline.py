@@ -17,7 +17,7 @@ import torch
 from caffe2torch import limits
 from caffe2torch.caffemodel import CaffeModel, read_caffemodel
 from caffe2torch.errors import CaffeError, LimitError, Location, PrototxtError, WeightsMismatchError
-from caffe2torch.load_weights import LoadReport, match_weights
+from caffe2torch.load_weights import LoadReport, load_plan, match_weights
 from caffe2torch.net import CaffeNet, build_net
 from caffe2torch.netspec import NetSpec, Shape
 from caffe2torch.parse import parse_prototxt
@@ -97,12 +97,16 @@ def _shape_text(shape: Shape) -> str:
 
 
 def check_blob_names(net: CaffeNet, names: Sequence[str], what: str) -> None:
-    """Every name is a blob of the net (for --onnx-outputs and the like), or a clear error listing them."""
-    blobs = net.execution_order()
+    """Every name is a blob a layer of the net computes (for --onnx-outputs), or a clear error listing them."""
+    blobs = [b for b in net.execution_order() if b not in net.input_names]
+    inputs = [n for n in names if n in net.input_names]
+    if inputs:
+        raise CaffeError(f"{what}: {', '.join(repr(i) for i in inputs)} is a net input, not a blob the net computes",
+                         Location(net.spec.source))
     unknown = [n for n in names if n not in blobs]
     if unknown:
         shown = ", ".join(blobs) if len(blobs) <= 40 else ", ".join(blobs[:20]) + f", ... ({len(blobs)} in all)"
-        raise CaffeError(f"{what}: no blob named {', '.join(repr(u) for u in unknown)}; the net's blobs are {shown}",
+        raise CaffeError(f"{what}: no blob named {', '.join(repr(u) for u in unknown)}; the net computes {shown}",
                          Location(net.spec.source))
 
 
@@ -120,15 +124,12 @@ def convert(
     spec = prototxt if isinstance(prototxt, NetSpec) else read_net(prototxt, defines, phase, input_shapes)
     shapes = infer_shapes(spec)
     model = caffemodel if isinstance(caffemodel, CaffeModel) else read_caffemodel(caffemodel)
-    report, plan = match_weights(spec, shapes, model)
+    report, plan = match_weights(spec, shapes, model, nonfinite=False)
     if strict and not report.ok:
         raise WeightsMismatchError(report.missing, report.unused, report.mismatched, model.source)
     check_weights_budget(spec, shapes)
     net = build_net(spec, shapes)
-    for name, blobs in plan.items():
-        # A blob shared by ParamSpec name is loaded once, through the layer that owns it.
-        net.module(name).load_blobs([None if (name, i) in net.ties else b for i, b in enumerate(blobs)])
-        model.release(blobs)
+    load_plan(net, model, plan, report)
     return net, report
 
 
@@ -193,7 +194,10 @@ def verify_onnx(
                       and not (required_layers(net, [b]) & blocked)]
             onnx_path = Path(tmp) / "verify.onnx"
             export_onnx(net, onnx_path, wanted)
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise CaffeError(f"cannot load the ONNX model: {exc}", Location(str(onnx_path))) from None
         missing = [i.name for i in session.get_inputs() if i.name not in inputs]
         if missing:
             raise CaffeError(f"the inputs lack {', '.join(missing)}, which the ONNX model takes",

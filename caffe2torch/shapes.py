@@ -9,6 +9,7 @@ parameters or blobs would not fit a sane memory bound, in human terms, before a 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from caffe2torch import limits
@@ -88,6 +89,8 @@ class LayerInfo:
     field: float | None = None
     stride: float | None = None
     line: int | None = None
+    # The bottoms' shapes when this layer runs (an in-place layer later in the net may rebind a name).
+    bottom_shapes: list[Shape] = dataclasses.field(default_factory=list)  # (`field` is taken above)
 
 
 @dataclass
@@ -128,7 +131,11 @@ def infer_shapes(spec: NetSpec, check: bool = True) -> ShapeReport:
         if len(tops) != len(layer.tops):
             raise NetDefinitionError(f"{layer.type} makes {len(tops)} top(s) here; the layer lists {len(layer.tops)}",
                                      where)
-        for top, shape in zip(layer.tops, tops):
+        for index, (top, shape) in enumerate(zip(layer.tops, tops)):
+            if index < len(bottoms) and layer.bottoms[index] == top and tuple(shape) != tuple(bottoms[index]):
+                raise NetDefinitionError(f"top '{top}' is computed in place but would change its shape from "
+                                         f"{shape_text(bottoms[index])} to {shape_text(shape)} (Caffe would "
+                                         "overwrite the layer's own input); give the top another name", where)
             if any(d is not None and d <= 0 for d in shape):
                 shown = ", ".join(shape_text(s) for s in bottoms)
                 raise NetDefinitionError(f"top '{top}' would have shape {shape_text(shape)} (from {shown}): every "
@@ -149,7 +156,7 @@ def infer_shapes(spec: NetSpec, check: bool = True) -> ShapeReport:
         for top in layer.tops:
             fields[top] = (rf, jump)
         report.layers.append(LayerInfo(layer.name, layer.type, list(layer.bottoms), list(layer.tops), list(tops),
-                                       blob_shapes, params, rf, jump, layer.line))
+                                       blob_shapes, params, rf, jump, layer.line, bottoms))
     return report
 
 

@@ -309,7 +309,8 @@ def test_nonfinite_weights_are_reported(tiny, tmp_path):
 def test_onnx_outputs_naming_no_blob(tiny, tmp_path):
     out = tmp_path / "out"
     result = run(convert, [tiny[0], tiny[1], "-o", out, "--onnx-outputs", "score,nope"])
-    refused(result, "--onnx-outputs: no blob named 'nope'; the net's blobs are data, conv, pool, score")
+    refused(result, "--onnx-outputs: no blob named 'nope'; the net computes conv, pool, score")
+    refused(run(convert, [tiny[0], tiny[1], "-o", out, "--onnx-outputs", "data"]), "'data' is a net input")
     assert not out.exists()
 
 
@@ -607,3 +608,40 @@ def test_read_caffemodel_rejects_blob_shapes_beyond_caffe_limits(tmp_path):
         with pytest.raises(CaffeError, match=message):
             read_caffemodel(path)
 
+
+
+def test_in_place_layer_that_changes_the_shape_is_refused(tmp_path):
+    """Caffe would reshape the layer's own input; we used to build it with the wrong channel count."""
+    prototxt = edited(tmp_path, 'bottom: "pool" top: "score"', 'bottom: "pool" top: "pool"')
+    refused(run(info, [prototxt]), "layer 'score' (Convolution)",
+            "top 'pool' is computed in place but would change its shape from 1x4x9x9 to 1x5x9x9")
+
+
+def test_huge_lrn_window_runs_without_a_huge_scratch(tmp_path):
+    """local_size up to Caffe's limit is valid; torch would pad by size/2 zero channels (terabytes): the
+    window is cut to 2C+1 channels with alpha scaled, the same sums."""
+    text = ('input: "data"\ninput_shape { dim: 2 dim: 3 dim: 1 dim: 1 }\n'
+            'layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param { local_size: 2147483645 alpha: 3 } }\n')
+    net = net_from_text(text)
+    x = torch.randn(2, 3, 1, 1)
+    with capped_memory(), torch.no_grad():
+        y = net(x)
+    expected = x / (1 + 3 / 2147483645 * (x ** 2).sum(1, keepdim=True)) ** 0.75
+    torch.testing.assert_close(y, expected)
+    too_big = text.replace("dim: 1 dim: 1 }", "dim: 2 dim: 1 }")  # Caffe's scratch blob would exceed INT_MAX
+    with pytest.raises(NetDefinitionError, match="scratch blob of 4,294,967,294 elements exceeds INT_MAX"):
+        net_from_text(too_big)
+
+
+def test_verify_odd_arguments(tiny, tmp_path):
+    prototxt, caffemodel, inputs = tiny
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("not a model")
+    refused(run(verify, [prototxt, caffemodel, "--inputs", inputs, "--reference", inputs, "--onnx", not_onnx]),
+            "cannot load the ONNX model")
+    refused(run(verify, [prototxt, caffemodel, "--inputs", inputs, "--reference", inputs, "--tol", "nan"]),
+            "nan is not a tolerance")
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        refused(run(info, [fifo]), "is not a regular file")

@@ -10,6 +10,7 @@ from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.errors import CaffeError
 from caffe2torch.known_models import KnownModel, identify
+from caffe2torch.paths import require_file
 from caffe2torch.pipeline import read_net
 from caffe2torch.report import describe
 from caffe2torch.shapes import check_weights_budget
@@ -80,6 +81,7 @@ def main(prototxt, caffemodel, defines, phase, input_shapes, as_json):
       deeplab-info test.prototxt train_iter_20000.caffemodel --define NUM_LABELS=21 --define EXP=voc12
       deeplab-info train_iter_20000.caffemodel
     """
+    require_file(prototxt, "a prototxt or caffemodel")  # not a FIFO: looks_binary would wait on it forever
     if caffemodel is None and looks_binary(prototxt):
         describe_caffemodel(read_caffemodel(prototxt), as_json)
         return

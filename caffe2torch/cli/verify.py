@@ -48,6 +48,8 @@ def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, 
       deeplab-verify net.prototxt weights.caffemodel --inputs inputs.npz --reference blobs.npz
       deeplab-verify net.prototxt weights.caffemodel --inputs inputs.npz --reference blobs.npz --backend onnx
     """
+    if not tol >= 0 or tol == float("inf"):
+        raise click.BadParameter(f"{tol} is not a tolerance (a finite number >= 0)", param_hint="--tol")
     arrays = load_npz(inputs, "inputs")
     expected = load_npz(reference, "reference")
     if onnx_path:

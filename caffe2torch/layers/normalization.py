@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from caffe2torch.caffe_math import canonical_axis
-from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register, shape_text
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, count, register, shape_text
+from caffe2torch.limits import INT_MAX
 from caffe2torch.netspec import LayerSpec, Shape
 
 
@@ -213,6 +214,13 @@ class LRNConverter(LayerConverter):
     def output_shapes(self, spec, bottoms, ctx):
         if len(bottoms[0]) != 4:
             raise ValueError(f"LRN needs a 4-D bottom (N, C, H, W), not {len(bottoms[0])}-D")
+        # LRNLayer::Reshape makes a scratch blob of (1, C + size - 1, H, W): within Caffe's INT_MAX limit.
+        _, c, h, w = bottoms[0]
+        size = spec.param("lrn_param").get("local_size", 5)
+        scratch = count((1, None if c is None else c + size - 1, h, w))
+        if scratch is not None and scratch > INT_MAX:
+            raise ValueError(f"lrn_param.local_size={size}: Caffe's padded scratch blob of {scratch:,} elements "
+                             f"exceeds INT_MAX")
         return [bottoms[0]]
 
     def build(self, spec, bottoms, ctx):
@@ -222,10 +230,22 @@ class LRNConverter(LayerConverter):
         return CaffeLRN(size, alpha, beta, k)
 
 
+def lrn_window(size: int, alpha: float, channels: int) -> tuple[int, float]:
+    """(window, alpha) for torch's local_response_norm. A window wider than 2C + 1 channels sums every
+    channel for every output, like the window 2C + 1 with alpha scaled by the ratio (torch divides by the
+    window size); without this, torch would pad the input by size/2 zero channels (terabytes for a hostile
+    local_size). Real nets (size 5) keep their exact arguments."""
+    widest = 2 * channels + 1
+    if size <= widest:
+        return size, alpha
+    return widest, alpha * widest / size
+
+
 class CaffeLRN(CaffeLayer):
     def __init__(self, size, alpha, beta, k):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x):
-        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        size, alpha = lrn_window(self.size, self.alpha, x.shape[1])
+        return F.local_response_norm(x, size, alpha, self.beta, self.k)
