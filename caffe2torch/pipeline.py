@@ -16,7 +16,8 @@ import torch
 
 from caffe2torch import limits
 from caffe2torch.caffemodel import CaffeModel, read_caffemodel
-from caffe2torch.errors import CaffeError, LimitError, Location, PrototxtError, WeightsMismatchError
+from caffe2torch.errors import CaffeError, Location, NetDefinitionError, PrototxtError, WeightsMismatchError
+from caffe2torch.layers.registry import shape_text
 from caffe2torch.load_weights import LoadReport, load_plan, match_weights
 from caffe2torch.net import CaffeNet, build_net
 from caffe2torch.netspec import NetSpec, Shape
@@ -47,13 +48,11 @@ def read_net(
 def check_prototxt_file(path: str | Path) -> None:
     """Before parsing: a regular file of sane size (the parser reads it whole), and not binary weights."""
     path = require_file(path, "a prototxt", PrototxtError)
-    size = path.stat().st_size
+    size, kind = path.stat().st_size, sniff(path)
     if size > limits.MAX_PROTOTXT_BYTES:
-        kind = sniff(path)
         raise PrototxtError(f"{limits.human_bytes(size)}: over the {limits.human_bytes(limits.MAX_PROTOTXT_BYTES)} a "
                             f"prototxt may take (the largest DeepLab prototxt has 0.3 MB)"
                             + (f"; it looks like {kind}" if kind else ""), Location(str(path)))
-    kind = sniff(path)
     if kind and not kind.startswith("a text file"):
         raise PrototxtError(f"not a text prototxt: it looks like {kind}", Location(str(path)))
 
@@ -84,16 +83,12 @@ def check_input_arrays(spec: NetSpec, arrays: Mapping[str, np.ndarray], source: 
             continue
         if array.ndim != len(declared):
             raise CaffeError(f"input '{inp.name}' has shape {tuple(array.shape)}, but the net declares "
-                             f"{len(declared)} axes ({_shape_text(declared)})", where)
+                             f"{len(declared)} axes ({shape_text(declared)})", where)
         free = {0, 2, 3} if len(declared) == 4 else {0}
         for axis, (have, want) in enumerate(zip(array.shape, declared)):
             if axis not in free and want is not None and have != want:
                 raise CaffeError(f"input '{inp.name}' has shape {tuple(array.shape)}, but the net declares "
-                                 f"{_shape_text(declared)}: axis {axis} must be {want}", where)
-
-
-def _shape_text(shape: Shape) -> str:
-    return "x".join("?" if d is None else str(d) for d in shape)
+                                 f"{shape_text(declared)}: axis {axis} must be {want}", where)
 
 
 def check_blob_names(net: CaffeNet, names: Sequence[str], what: str) -> None:
@@ -145,9 +140,7 @@ def check_run_budget(net: CaffeNet, inputs: Mapping[str, np.ndarray], source: st
     set_input_shapes(trial, input_shapes_of({i: inputs[i] for i in net.input_names}))
     try:
         shapes = infer_shapes(trial, check=False)
-    except LimitError:
-        raise
-    except CaffeError as exc:
+    except NetDefinitionError as exc:
         raise CaffeError(f"the net cannot run at the inputs' shapes: {exc}", Location(source)) from None
     check_blobs_budget(trial, shapes, "verifying (a forward pass keeping every blob)")
 

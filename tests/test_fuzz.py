@@ -5,7 +5,7 @@ The property: whatever the bytes, only the project's own errors (CaffeError and 
 nothing allocates absurdly. Every example runs with the address space capped a few GiB above what the process
 already uses, so a gigabyte-sized allocation fails as MemoryError/RuntimeError, which is not a CaffeError and
 fails the test. Example counts are fixed and the search derandomized, so CI is reproducible; the whole file
-takes about a minute on two cores (FUZZ_EXAMPLES=N multiplies the counts for a longer local run).
+takes under a minute on two cores (FUZZ_EXAMPLES=N multiplies the counts for a longer local run).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def check_prototxt(text: str, defines: dict[str, str] | None = None) -> None:
     only_caffe_errors(action)
 
 
-@fuzz_settings(150)
+@fuzz_settings(400)
 @given(st.data())
 def test_mutated_prototxts_raise_only_caffe_errors(data):
     seed = data.draw(st.sampled_from(SEEDS), label="seed")
@@ -221,7 +221,18 @@ def generated_nets(draw) -> str:
     """Small nets of random layer types, wiring and parameter values (valid or not)."""
     dims = [draw(st.integers(1, 12)) if draw(st.integers(0, 9)) else draw(st.sampled_from([0, 100000, 2147483647]))
             for _ in range(4)]
-    lines = ['input: "data"', "input_shape { " + " ".join(f"dim: {d}" for d in dims) + " }"]
+    shape = " ".join(f"dim: {d}" for d in dims)
+    # The net's input: declared at net level, or by a data layer (whose tops become inputs). DummyData's legacy
+    # num/channels/height/width form is left out: see test_dummy_data_with_incomplete_legacy_dims.
+    lines = draw(st.sampled_from([
+        ['input: "data"', f"input_shape {{ {shape} }}"],
+        [f'layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ {shape} }} }} }}'],
+        [f'layer {{ name: "in" type: "DummyData" top: "data" dummy_data_param {{ shape {{ {shape} }} }} }}'],
+        [f'layer {{ name: "in" type: "MemoryData" top: "data" top: "label" memory_data_param {{ batch_size: {dims[0]} '
+         f"channels: {dims[1]} height: {dims[2]} width: {dims[3]} }} }}"],
+        [f'layer {{ name: "in" type: "ImageSegData" top: "data" top: "label" top: "data_dim" '
+         f"transform_param {{ crop_size: {dims[2]} mean_value: 104 }} image_data_param {{ batch_size: {dims[0]} }} }}"],
+    ]))
     blobs = ["data"]
     for index in range(draw(st.integers(1, 6))):
         kind = draw(st.sampled_from(sorted(GENERATED_TYPES)))
@@ -267,7 +278,7 @@ def generated_nets(draw) -> str:
     return "\n".join(lines) + "\n"
 
 
-@fuzz_settings(250)
+@fuzz_settings(600)
 @given(generated_nets())
 def test_generated_nets_raise_only_caffe_errors(text):
     check_prototxt(text)
@@ -330,7 +341,7 @@ def _mutate_bytes(data: bytes, draw) -> bytes:
     return data
 
 
-@fuzz_settings(400)
+@fuzz_settings(800)
 @given(st.data())
 def test_mutated_caffemodels_raise_only_caffe_errors(caffemodel_seeds, data):
     net, seeds = caffemodel_seeds
@@ -343,7 +354,7 @@ def test_mutated_caffemodels_raise_only_caffe_errors(caffemodel_seeds, data):
     only_caffe_errors(action)
 
 
-@fuzz_settings(300)
+@fuzz_settings(500)
 @given(st.binary(max_size=512))
 def test_random_bytes_raise_only_caffe_errors(raw):
     only_caffe_errors(lambda: read_caffemodel_bytes(raw, "random.caffemodel"))
@@ -392,7 +403,7 @@ def _edit_json(value, draw, depth: int = 0):
     return value
 
 
-@fuzz_settings(300)
+@fuzz_settings(600)
 @given(st.data())
 def test_mutated_artifacts_raise_only_caffe_errors(artifact_seed, tmp_path_factory, data):
     header, payload = _split(artifact_seed)
@@ -435,3 +446,11 @@ def test_memory_cap_catches_an_absurd_allocation():
         pytest.skip("RLIMIT_AS is Linux-only here")
     with pytest.raises((MemoryError, RuntimeError)):
         only_caffe_errors(lambda: torch.empty(2 << 30, dtype=torch.float32).fill_(1))
+
+
+@pytest.mark.xfail(strict=True, raises=(KeyError, IndexError),
+                   reason="upgrade._data_layer_shapes indexes DummyData's legacy num/channels/height/width lists "
+                          "without checking their lengths (found by fuzzing; upgrade.py is outside this change)")
+def test_dummy_data_with_incomplete_legacy_dims():
+    check_prototxt('layer { name: "d" type: "DummyData" top: "t0" dummy_data_param { num: 1 } }\n'
+                   'layer { name: "r" type: "ReLU" bottom: "t0" top: "r" }\n')

@@ -327,6 +327,19 @@ def test_unexportable_net_is_refused_before_writing(tmp_path):
     assert run(convert, [prototxt, caffemodel, "-o", out, "--no-onnx"]).exit_code == 0
 
 
+def test_bad_conversion_options_are_refused_before_writing(tiny, tmp_path):
+    out = tmp_path / "out"
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    refused(run(convert, [tiny[0], tiny[1], "-o", out, "--int8", empty]), "int8 calibration needs at least one image")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_text("not an image")
+    refused(run(convert, [tiny[0], tiny[1], "-o", out, "--int8", broken]), "a.jpg: cannot read the image")
+    refused(run(convert, [tiny[0], tiny[1], "-o", out, "--crf-preset", "bogus"]), "unknown CRF preset 'bogus'")
+    assert not out.exists()
+
+
 def _zip_bomb(path, shape, members=1):
     """An .npz whose members claim `shape` (float32) but are a few kilobytes compressed."""
     header = {"descr": "<f4", "fortran_order": False, "shape": shape}
@@ -645,3 +658,26 @@ def test_verify_odd_arguments(tiny, tmp_path):
         fifo = tmp_path / "fifo"
         os.mkfifo(fifo)
         refused(run(info, [fifo]), "is not a regular file")
+
+
+def test_reliability_doc_names_only_existing_tests():
+    """docs/reliability.md backs each row of this side's table with a test: those tests must exist."""
+    import re
+
+    from .conftest import REPO
+
+    text = (REPO / "docs" / "reliability.md").read_text()
+    section = text.split("## Convert, verify and load", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| input")]
+    assert len(rows) > 30
+    sources = {path.name: path.read_text() for path in (REPO / "tests").glob("test_*.py")}
+    current = "test_hostile_convert.py"
+    for row in rows:
+        names = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)(\[\w+\])?`|`(\[\w+\])`", row.split(" | ")[-1])
+        assert names, f"a row without a test: {row}"
+        for file, test, case, bare_case in names:
+            current = file or current
+            if test:
+                assert f"def {test}(" in sources[current], f"{current}::{test} does not exist"
+            for param in filter(None, (case, bare_case)):
+                assert f'("{param[1:-1]}"' in sources[current], f"no case {param} in {current}"

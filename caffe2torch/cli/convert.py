@@ -11,6 +11,7 @@ from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.crf import crf_preset as crf_preset_params
 from caffe2torch.definitions import bundled_definition
+from caffe2torch.errors import CaffeError, Location
 from caffe2torch.images import list_images, read_image
 from caffe2torch.known_models import identify, known_model
 from caffe2torch.onnx_export import check_exportable, export_onnx
@@ -108,6 +109,8 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     elif int8_images:
         raise click.UsageError("--int8 needs the ONNX export (drop --no-onnx)")
     images = [read_image(p) for p in list_images([int8_images])[:16]] if int8_images else []
+    if int8_images and not images:
+        raise CaffeError("int8 calibration needs at least one image", Location(str(int8_images)))
     if arrays is not None:
         check_run_budget(net, arrays, inputs)
     make_output_dir(out)
