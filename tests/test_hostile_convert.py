@@ -158,7 +158,7 @@ def test_artifact_load_allocates_the_weights_once(tmp_path):
     weights = path.stat().st_size
     assert weights > 140 << 20
     del net
-    code = ("import resource, sys, caffe2torch, torch; torch.set_num_threads(1); "
+    code = ("import resource, sys, caffe2torch, caffe2torch.artifact, torch; torch.set_num_threads(1); "
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; net = caffe2torch.load(sys.argv[1]); "
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
