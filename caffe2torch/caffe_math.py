@@ -101,6 +101,7 @@ def padding_output_size(size: int | None, pad_beg: int, pad_end: int) -> int | N
 
 def canonical_axis(axis: int, ndim: int) -> int:
     """Caffe's CanonicalAxisIndex: negative axes count from the end."""
+    axis = int(axis)
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} out of range for a {ndim}-D blob")
     return axis % ndim
@@ -108,33 +109,46 @@ def canonical_axis(axis: int, ndim: int) -> int:
 
 def reshape_output_shape(shape: tuple[int | None, ...], param: dict[str, Any]) -> tuple[int | None, ...]:
     """Caffe's Reshape: `dim` 0 copies the input dim, one -1 is inferred; `axis`/`num_axes` select the part
-    of the input shape that is replaced."""
-    dims = list(param.get("shape", {}).get("dim", []))
+    of the input shape that is replaced. ReshapeLayer's CHECKs, in its words: the count must be preserved."""
+    dims = [int(d) for d in param.get("shape", {}).get("dim", [])]
     ndim = len(shape)
-    axis = param.get("axis", 0)
+    axis = int(param.get("axis", 0))
     start = axis if axis >= 0 else ndim + axis + 1
-    num_axes = param.get("num_axes", -1)
+    if not 0 <= start <= ndim:
+        raise ValueError(f"reshape_param.axis {axis} is out of range for a {ndim}-D input")
+    num_axes = int(param.get("num_axes", -1))
+    if num_axes < -1:
+        raise ValueError(f"reshape_param.num_axes {num_axes}: must be >= 0, or -1 for all")
     end = ndim if num_axes == -1 else start + num_axes
-    if not 0 <= start <= end <= ndim:
-        raise ValueError("Reshape axis/num_axes out of range")
-    new = list(shape[:start])
+    if end > ndim:
+        raise ValueError(f"reshape_param axis + num_axes ({end}) is out of range for a {ndim}-D input")
+    if dims.count(-1) > 1:
+        raise ValueError("reshape_param.shape may infer only one dimension (-1)")
+    if any(d < -1 for d in dims):
+        raise ValueError(f"reshape_param.shape {dims}: dimensions must be positive, 0 (copy) or -1 (infer)")
+    new: list[int | None] = list(shape[:start])
     for i, d in enumerate(dims):
-        new.append(shape[start + i] if d == 0 else d)
-    new += list(shape[end:])
-    if new.count(-1) > 1:
-        raise ValueError("Reshape may infer only one dimension (-1)")
-    if -1 in new:
-        known = [d for d in new if d != -1]
-        if None in known or None in shape:
-            new[new.index(-1)] = None
+        if d == 0:
+            if start + i >= ndim:
+                raise ValueError("reshape_param.shape holds a 0, but the input has no corresponding axis to copy")
+            new.append(shape[start + i])
         else:
-            total = math.prod(shape)  # type: ignore[arg-type]
-            rest = math.prod(known)  # type: ignore[arg-type]
+            new.append(d)
+    new += list(shape[end:])
+    if -1 in dims:
+        inferred = start + dims.index(-1)
+        known = [d for i, d in enumerate(new) if i != inferred]
+        if None in known or None in shape:
+            new[inferred] = None
+        else:
+            total, rest = math.prod(shape), math.prod(known)  # type: ignore[arg-type]
             if rest == 0 or total % rest:
-                raise ValueError(f"cannot reshape {tuple(shape)} into {tuple(new)}")
-            new[new.index(-1)] = total // rest
-    if None not in shape and None not in new and math.prod(new) != math.prod(shape):  # type: ignore[arg-type]
-        raise ValueError(f"cannot reshape {tuple(shape)} ({math.prod(shape)} values) into {tuple(new)}")  # type: ignore[arg-type]
+                raise ValueError(f"the input's {total} elements are not divisible by the product of the specified "
+                                 f"dimensions ({rest})")
+            new[inferred] = total // rest
+    if None not in new and None not in shape and math.prod(new) != math.prod(shape):  # type: ignore[arg-type]
+        raise ValueError(f"Reshape must keep the element count: {tuple(shape)} has {math.prod(shape)} elements, "  # type: ignore[arg-type]
+                         f"{tuple(new)} would have {math.prod(new)}")  # type: ignore[arg-type]
     return tuple(new)
 
 

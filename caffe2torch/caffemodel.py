@@ -8,7 +8,9 @@ fields (DeepLab's 143-151, v1's 42-59, hole 17-19) are skipped, never decoded.
 
 The reader walks the wire format itself over a memory map: float data become numpy views of the mapped file,
 so a 170 MB model costs about its size once, not the several copies protobuf's Python API makes, and files
-over protobuf's 64 MB default limit are no problem.
+over protobuf's 64 MB default limit are no problem. Hostile files cannot make it allocate more than their own
+size: every length is checked against the bytes that remain, blob shapes against Caffe's limits (32 axes,
+INT_MAX elements) and the data they hold, and the number of layers and blobs is bounded.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from array import array as flat_array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from caffe2torch import limits
 from caffe2torch.errors import CaffeModelError, Location
+from caffe2torch.paths import describe_content, require_file
 from caffe2torch.upgrade import V1_LAYER_TYPES
 from caffe2torch.util import atomic_output
 from caffe2torch.wire import FIXED32, FIXED64, LENGTH_DELIMITED, VARINT
@@ -47,6 +52,15 @@ _V1_ENUM_BY_NAME = {
 }
 _V1_NAME_BY_ENUM = {v: k for k, v in _V1_ENUM_BY_NAME.items()}
 _V1_ENUM_BY_TYPE = {V1_LAYER_TYPES[name]: value for name, value in _V1_ENUM_BY_NAME.items() if name != "NONE"}
+# No Caffe net comes near these (ResNet-101 MSC: 1,359 layers, ~1,000 blobs); they bound the objects a file
+# of empty entries could make us create.
+MAX_LAYERS = 100_000
+MAX_BLOBS = 200_000
+
+
+def _signed64(value: int) -> int:
+    """A varint read as unsigned → the int64/int32 it encodes (negative values take ten bytes)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 @dataclass
@@ -99,7 +113,8 @@ class _Reader:
 
     def fail(self, what: str, offset: int) -> CaffeModelError:
         return CaffeModelError(
-            f"truncated or corrupt caffemodel: {what} at byte {offset} of {len(self.buf)}", Location(self.source)
+            f"truncated or corrupt caffemodel: {what} at byte {offset} of {len(self.buf)}",
+            Location(self.source),
         )
 
     def varint(self, pos: int, end: int, what: str) -> tuple[int, int]:
@@ -151,9 +166,10 @@ class _Reader:
         shape: list[int] | None = None
         legacy = [0, 0, 0, 0]
         legacy_set = False
-        chunks: list[np.ndarray] = []
-        singles: list[float] = []
-        doubles: list[np.ndarray] = []
+        # Byte ranges of packed float and double data, and unpacked floats: flat arrays, so that a file of many
+        # tiny entries cannot make many Python objects.
+        float_ranges, double_ranges = flat_array("q"), flat_array("q")
+        singles = flat_array("f")
         for number, wire, a, b in self.fields(start, end, what):
             if number == 7 and wire == _WIRE_LEN:  # shape: BlobShape
                 shape = []
@@ -162,30 +178,38 @@ class _Reader:
                         pos = a2
                         while pos < b2:
                             dim, pos = self.varint(pos, b2, what + " shape")
-                            shape.append(dim)
+                            shape.append(_signed64(dim))
+                            if len(shape) > limits.MAX_BLOB_AXES:
+                                break
                     elif n2 == 1 and w2 == _WIRE_VARINT:
-                        shape.append(a2)
+                        shape.append(_signed64(a2))
+                    if len(shape) > limits.MAX_BLOB_AXES:
+                        raise CaffeModelError(f"{what}: a shape of more than {limits.MAX_BLOB_AXES} axes (Caffe's "
+                                              "limit); the file is corrupt", Location(self.source))
             elif number in (1, 2, 3, 4) and wire == _WIRE_VARINT:
-                legacy[number - 1] = a
+                legacy[number - 1] = _signed64(a)
                 legacy_set = True
-            elif number == 5 and wire == _WIRE_LEN:  # packed float data: a zero-copy view of the file
+            elif number == 5 and wire == _WIRE_LEN:  # packed float data
                 if (b - a) % 4:
                     raise self.fail(f"float data of {what} is not a whole number of floats", a)
-                chunks.append(np.frombuffer(self.buf[a:b], dtype="<f4"))
+                if b > a:
+                    float_ranges.extend((a, b))
             elif number == 5 and wire == _WIRE_32:  # unpacked float (very old writers)
                 singles.append(struct.unpack_from("<f", self.buf, a)[0])
             elif number == 8 and wire == _WIRE_LEN:  # double_data
                 if (b - a) % 8:
                     raise self.fail(f"double data of {what} is not a whole number of doubles", a)
-                doubles.append(np.frombuffer(self.buf[a:b], dtype="<f8").astype(np.float32))
-        if singles:
-            chunks.append(np.asarray(singles, dtype=np.float32))
-        chunks += doubles
-        data = chunks[0] if len(chunks) == 1 else (np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
+                if b > a:
+                    double_ranges.extend((a, b))
+        data = self._blob_data(float_ranges, singles, double_ranges)
         is_legacy = shape is None
         if shape is None:
             shape = legacy if legacy_set else [data.size]
-        expected = int(np.prod(shape)) if shape else 1
+        problem = limits.blob_problem(shape)
+        if problem:
+            raise CaffeModelError(f"{what}: shape {tuple(shape)} would hold {problem}; the file is corrupt",
+                                  Location(self.source))
+        expected = limits.element_count(shape)
         if expected != data.size:
             raise CaffeModelError(
                 f"{what}: shape {tuple(shape)} needs {expected} values but the blob holds {data.size}",
@@ -193,12 +217,47 @@ class _Reader:
             )
         return data.reshape(shape), is_legacy
 
+    def _blob_data(self, float_ranges: flat_array, singles: flat_array, double_ranges: flat_array) -> np.ndarray:
+        """The blob's values: a zero-copy view of the file when they are one packed run (every writer we know),
+        else one float32 array filled from the runs in order (floats, unpacked floats, then doubles)."""
+        if len(float_ranges) == 2 and not singles and not double_ranges:
+            return np.frombuffer(self.buf[float_ranges[0] : float_ranges[1]], dtype="<f4")
+        total = sum((b - a) // 4 for a, b in zip(float_ranges[::2], float_ranges[1::2]))
+        total += sum((b - a) // 8 for a, b in zip(double_ranges[::2], double_ranges[1::2]))
+        data = np.empty(total + len(singles), np.float32)
+        pos = 0
+        for a, b in zip(float_ranges[::2], float_ranges[1::2]):
+            n = (b - a) // 4
+            data[pos : pos + n] = np.frombuffer(self.buf[a:b], dtype="<f4")
+            pos += n
+        data[pos : pos + len(singles)] = np.frombuffer(singles, dtype=np.float32)
+        pos += len(singles)
+        with np.errstate(over="ignore"):  # doubles beyond float32 become inf, reported as non-finite weights
+            for a, b in zip(double_ranges[::2], double_ranges[1::2]):
+                n = (b - a) // 8
+                data[pos : pos + n] = np.frombuffer(self.buf[a:b], dtype="<f8")
+                pos += n
+        return data
+
 
 def read_caffemodel_bytes(buf: memoryview | bytes, source: str | None = None) -> CaffeModel:
-    reader = _Reader(memoryview(buf), source)
+    """Read a caffemodel from memory; CaffeModelError (naming what and where) for anything else."""
+    try:
+        return _read_net_parameter(_Reader(memoryview(buf), source))
+    except CaffeModelError:
+        kind = describe_content(bytes(memoryview(buf)[:64]))
+        if kind is None:
+            raise
+        hint = " (the prototxt goes in the PROTOTXT argument)" if kind.startswith("a text file") else ""
+        raise CaffeModelError(f"not a caffemodel: it looks like {kind}{hint}", Location(source)) from None
+
+
+def _read_net_parameter(reader: _Reader) -> CaffeModel:
+    source = reader.source
     name = ""
     layers: list[CaffeModelLayer] = []
     hint = "layer"
+    blob_count = 0
     for number, wire, a, b in reader.fields(0, len(reader.buf), "NetParameter"):
         if number == 1 and wire == _WIRE_LEN:
             name = reader.text(a, b)
@@ -208,6 +267,9 @@ def read_caffemodel_bytes(buf: memoryview | bytes, source: str | None = None) ->
             layer = CaffeModelLayer(name="", type="")
             index = len(layers)
             blob_ranges = []
+            if index >= MAX_LAYERS:
+                raise CaffeModelError(f"more than {MAX_LAYERS:,} layers: not a caffemodel Caffe wrote",
+                                      Location(source))
             for n2, w2, a2, b2 in reader.fields(a, b, f"layer #{index}"):
                 if w2 == _WIRE_LEN and n2 == (4 if v1 else 1):
                     layer.name = reader.text(a2, b2)
@@ -218,6 +280,10 @@ def read_caffemodel_bytes(buf: memoryview | bytes, source: str | None = None) ->
                     layer.type = V1_LAYER_TYPES.get(enum_name, enum_name)
                 elif w2 == _WIRE_LEN and n2 == (6 if v1 else 7):
                     blob_ranges.append((a2, b2))
+                    blob_count += 1
+                    if blob_count > MAX_BLOBS:
+                        raise CaffeModelError(f"more than {MAX_BLOBS:,} blobs: not a caffemodel Caffe wrote",
+                                              Location(source))
             for i, (a2, b2) in enumerate(blob_ranges):
                 blob, legacy = reader.blob(a2, b2, f"layer '{layer.name}' blob {i}")
                 layer.blobs.append(blob)
@@ -230,19 +296,19 @@ def read_caffemodel_bytes(buf: memoryview | bytes, source: str | None = None) ->
 
 def read_caffemodel(path: str | Path) -> CaffeModel:
     """Read a binary caffemodel of any dialect. Blob arrays are read-only views of a memory map of the file."""
-    path = Path(path)
+    path = require_file(path, "a caffemodel", CaffeModelError)
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size == 0:
-                raise CaffeModelError("empty file", Location(str(path)))
+                raise CaffeModelError("empty file, not a caffemodel", Location(str(path)))
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
         raise CaffeModelError("no such file", Location(str(path))) from None
     except IsADirectoryError:
-        raise CaffeModelError("is a directory, not a caffemodel", Location(str(path))) from None
-    except OSError as exc:
-        raise CaffeModelError(f"cannot read: {exc.strerror}", Location(str(path))) from None
+        raise CaffeModelError("is a folder, not a caffemodel", Location(str(path))) from None
+    except (OSError, ValueError) as exc:
+        raise CaffeModelError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", Location(str(path))) from None
     model = read_caffemodel_bytes(memoryview(mapped), str(path))
     model.mapping = mapped
     return model

@@ -48,6 +48,26 @@ class NetDefinitionError(CaffeError):
     """A net that parses but is not valid: missing bottom, cycle, bad parameter value."""
 
 
+class InvalidNetError(NetDefinitionError):
+    """Layers that Caffe itself refuses (its LayerSetUp/Reshape CHECKs, wrong bottom/top counts), listed
+    together with their locations."""
+
+    def __init__(self, problems: list[tuple[Location, str]], source: str | None = None):
+        self.problems = problems
+        if len(problems) == 1:
+            CaffeError.__init__(self, problems[0][1], problems[0][0])
+            return
+        head = f"{len(problems)} invalid layer definitions"
+        if source:
+            head += f" in {source}"
+        CaffeError.__init__(self, head + " (Caffe refuses them too):\n" +
+                            "\n".join(f"  {loc}: {msg}" for loc, msg in problems))
+
+
+class LimitError(CaffeError):
+    """An input that would need more memory than a sane bound allows (checked before allocating)."""
+
+
 class UnsupportedError(CaffeError):
     """Layer types or parameter values we cannot convert. Lists every offending layer at once."""
 

@@ -4,6 +4,10 @@ Caffe runs its layer list in order over a dictionary of named blobs; a layer who
 existing blob replaces it (in-place layers, the ResNet BatchNorm → Scale → ReLU chains). `CaffeNet` does the
 same, so every Caffe blob has a value to compare, and every size is computed from live tensors: the module
 runs at any input size and traces with symbolic height and width.
+
+Nothing is allocated before the net is known to be valid and within the weights budget
+(`shapes.check_weights_budget`). Built under `torch.device("meta")` a net allocates nothing at all;
+`assign_tensors` then gives it its weights without a second copy (how `caffe2torch.load` reads an artifact).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 from caffe2torch.errors import NetDefinitionError
 from caffe2torch.layers import CaffeLayer, get_converter
 from caffe2torch.netspec import NetSpec
-from caffe2torch.shapes import ShapeReport, context_of, infer_shapes, layer_location
+from caffe2torch.shapes import ShapeReport, check_weights_budget, context_of, infer_shapes, layer_location
 
 
 def module_key(name: str, taken: set[str]) -> str:
@@ -36,10 +40,12 @@ class CaffeNet(nn.Module):
     a tuple when there are several). `run(inputs, outputs=..., all_blobs=...)` returns named blobs.
     """
 
-    def __init__(self, spec: NetSpec):
+    def __init__(self, spec: NetSpec, shapes: ShapeReport | None = None):
+        """`shapes`: the net's `infer_shapes(spec)`, when the caller already has it."""
         super().__init__()
         self.spec = spec
-        self.shapes: ShapeReport = infer_shapes(spec)
+        self.shapes: ShapeReport = shapes if shapes is not None else infer_shapes(spec)
+        check_weights_budget(spec, self.shapes)
         ctx = context_of(spec)
         self.layers = nn.ModuleDict()
         self.layer_keys: dict[str, str] = {}
@@ -47,10 +53,11 @@ class CaffeNet(nn.Module):
         taken: set[str] = set()
         shared = spec.shared_parameters()
         blob_counts = {info.name: len(info.blob_shapes) for info in self.shapes.layers}
+        bottom_shapes = {info.name: info.bottom_shapes for info in self.shapes.layers}
         for layer in spec.layers:
             converter = get_converter(layer.type)
             assert converter is not None  # infer_shapes checked support
-            bottoms = [self.shapes.blobs[b] for b in layer.bottoms]
+            bottoms = bottom_shapes[layer.name]
             # A layer whose every blob is shared (the MSC branches of DeepLab v2) is built on the meta device:
             # its own parameters would be replaced by the owner's at once, so they need no memory.
             count = blob_counts.get(layer.name, 0)
@@ -58,7 +65,7 @@ class CaffeNet(nn.Module):
             try:
                 with torch.device("meta") if fully_shared else contextlib.nullcontext():
                     module = converter.build(layer, bottoms, ctx)
-            except (ValueError, KeyError) as exc:
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
                 raise NetDefinitionError(f"cannot build: {exc}", layer_location(spec, layer)) from None
             key = module_key(layer.name, taken)
             self.layers[key] = module
@@ -150,6 +157,21 @@ class CaffeNet(nn.Module):
         return order
 
 
-def build_net(spec: NetSpec) -> CaffeNet:
+def build_net(spec: NetSpec, shapes: ShapeReport | None = None) -> CaffeNet:
     """Build a CaffeNet (random weights) from a NetSpec, in eval mode."""
-    return CaffeNet(spec).eval()
+    return CaffeNet(spec, shapes).eval()
+
+
+def assign_tensors(net: CaffeNet, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Make the given tensors the net's parameters and buffers of the same state-dict names, without copying
+    them (a net built on the meta device gets its weights this way), then tie shared parameters again."""
+    for key, tensor in tensors.items():
+        path, _, name = key.rpartition(".")
+        module = net.get_submodule(path)
+        if name in module._parameters:
+            module._parameters[name] = nn.Parameter(tensor)
+        elif name in module._buffers:
+            module._buffers[name] = tensor
+        else:
+            raise KeyError(key)
+    net._tie_shared_parameters()

@@ -1,20 +1,29 @@
 """The data path in one place: parse → upgrade → build → load weights → verify, as plain functions that the
-CLI commands call."""
+CLI commands call.
+
+Everything that can be checked without tensors is checked before any tensor exists: the net (Caffe's own
+rules, shape inference, blob limits), the caffemodel against the net's inferred blob shapes, the weights
+budget, the input arrays against the net's inputs, and the blobs budget of a verify run."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from caffe2torch import limits
 from caffe2torch.caffemodel import CaffeModel, read_caffemodel
-from caffe2torch.errors import CaffeError, Location
-from caffe2torch.load_weights import LoadReport, load_caffemodel_weights
+from caffe2torch.errors import CaffeError, Location, NetDefinitionError, PrototxtError, WeightsMismatchError
+from caffe2torch.layers.registry import shape_text
+from caffe2torch.load_weights import LoadReport, load_plan, match_weights
 from caffe2torch.net import CaffeNet, build_net
 from caffe2torch.netspec import NetSpec, Shape
 from caffe2torch.parse import parse_prototxt
+from caffe2torch.paths import require_file, sniff
+from caffe2torch.shapes import check_blobs_budget, check_input_shapes, check_weights_budget, infer_shapes
 from caffe2torch.upgrade import upgrade_net
 from caffe2torch.verify import DEFAULT_TOLERANCE, VerifyReport, compare_blobs
 
@@ -29,8 +38,23 @@ def read_net(
 ) -> NetSpec:
     """Parse and upgrade a prototxt of any dialect into a NetSpec: for inference (`deploy`, the default:
     training-only layers dropped and listed) or with its losses, to fine-tune in PyTorch."""
+    check_prototxt_file(prototxt)
     parsed = parse_prototxt(prototxt, defines=dict(defines or {}), dialect=dialect)
-    return upgrade_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}), deploy=deploy)
+    spec = upgrade_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}), deploy=deploy)
+    check_input_shapes(spec)  # an absurd input_dim or --input-shape is refused here, before anything else
+    return spec
+
+
+def check_prototxt_file(path: str | Path) -> None:
+    """Before parsing: a regular file of sane size (the parser reads it whole), and not binary weights."""
+    path = require_file(path, "a prototxt", PrototxtError)
+    size, kind = path.stat().st_size, sniff(path)
+    if size > limits.MAX_PROTOTXT_BYTES:
+        raise PrototxtError(f"{limits.human_bytes(size)}: over the {limits.human_bytes(limits.MAX_PROTOTXT_BYTES)} a "
+                            f"prototxt may take (the largest DeepLab prototxt has 0.3 MB)"
+                            + (f"; it looks like {kind}" if kind else ""), Location(str(path)))
+    if kind and not kind.startswith("a text file"):
+        raise PrototxtError(f"not a text prototxt: it looks like {kind}", Location(str(path)))
 
 
 def set_input_shapes(spec: NetSpec, shapes: Mapping[str, Shape]) -> NetSpec:
@@ -41,6 +65,46 @@ def set_input_shapes(spec: NetSpec, shapes: Mapping[str, Shape]) -> NetSpec:
     return spec
 
 
+def check_input_arrays(spec: NetSpec, arrays: Mapping[str, np.ndarray], source: str | None = None) -> None:
+    """Arrays for every net input, numeric, with the net's number of axes and its declared sizes on every
+    axis but the batch and (for images) height and width, which may differ from the prototxt."""
+    where = Location(source)
+    missing = [i.name for i in spec.inputs if i.name not in arrays]
+    if missing:
+        raise CaffeError(f"no array for net input(s) {', '.join(missing)}; the net takes "
+                         f"{', '.join(spec.input_names())}, the file holds {', '.join(sorted(arrays)) or 'nothing'}",
+                         where)
+    for inp in spec.inputs:
+        array = np.asarray(arrays[inp.name])
+        if array.dtype.kind not in "fiub":
+            raise CaffeError(f"input '{inp.name}' has dtype {array.dtype}; net inputs must be numeric", where)
+        declared = tuple(inp.shape)
+        if all(d is None for d in declared):
+            continue
+        if array.ndim != len(declared):
+            raise CaffeError(f"input '{inp.name}' has shape {tuple(array.shape)}, but the net declares "
+                             f"{len(declared)} axes ({shape_text(declared)})", where)
+        free = {0, 2, 3} if len(declared) == 4 else {0}
+        for axis, (have, want) in enumerate(zip(array.shape, declared)):
+            if axis not in free and want is not None and have != want:
+                raise CaffeError(f"input '{inp.name}' has shape {tuple(array.shape)}, but the net declares "
+                                 f"{shape_text(declared)}: axis {axis} must be {want}", where)
+
+
+def check_blob_names(net: CaffeNet, names: Sequence[str], what: str) -> None:
+    """Every name is a blob a layer of the net computes (for --onnx-outputs), or a clear error listing them."""
+    blobs = [b for b in net.execution_order() if b not in net.input_names]
+    inputs = [n for n in names if n in net.input_names]
+    if inputs:
+        raise CaffeError(f"{what}: {', '.join(repr(i) for i in inputs)} is a net input, not a blob the net computes",
+                         Location(net.spec.source))
+    unknown = [n for n in names if n not in blobs]
+    if unknown:
+        shown = ", ".join(blobs) if len(blobs) <= 40 else ", ".join(blobs[:20]) + f", ... ({len(blobs)} in all)"
+        raise CaffeError(f"{what}: no blob named {', '.join(repr(u) for u in unknown)}; the net computes {shown}",
+                         Location(net.spec.source))
+
+
 def convert(
     prototxt: str | Path | NetSpec,
     caffemodel: str | Path | CaffeModel,
@@ -49,11 +113,18 @@ def convert(
     input_shapes: Mapping[str, Shape] | None = None,
     strict: bool = True,
 ) -> tuple[CaffeNet, LoadReport]:
-    """A CaffeNet with the caffemodel's weights, in eval mode."""
+    """A CaffeNet with the caffemodel's weights, in eval mode. The caffemodel is matched against the net's
+    inferred blob shapes, and the weights budget checked, before the net is built; with `strict`, any
+    missing, unused or mismatched layer is an error (WeightsMismatchError)."""
     spec = prototxt if isinstance(prototxt, NetSpec) else read_net(prototxt, defines, phase, input_shapes)
-    net = build_net(spec)
+    shapes = infer_shapes(spec)
     model = caffemodel if isinstance(caffemodel, CaffeModel) else read_caffemodel(caffemodel)
-    report = load_caffemodel_weights(net, model, strict=strict)
+    report, plan = match_weights(spec, shapes, model, nonfinite=False)
+    if strict and not report.ok:
+        raise WeightsMismatchError(report.missing, report.unused, report.mismatched, model.source)
+    check_weights_budget(spec, shapes)
+    net = build_net(spec, shapes)
+    load_plan(net, model, plan, report)
     return net, report
 
 
@@ -61,7 +132,21 @@ def input_shapes_of(inputs: Mapping[str, np.ndarray]) -> dict[str, Shape]:
     return {name: tuple(int(d) for d in array.shape) for name, array in inputs.items()}
 
 
+def check_run_budget(net: CaffeNet, inputs: Mapping[str, np.ndarray], source: str | None = None) -> None:
+    """Before running the net on `inputs` keeping every blob: the inputs fit the net, and the blobs fit the
+    blobs budget (shapes inferred at the inputs' sizes, no tensor made)."""
+    check_input_arrays(net.spec, inputs, source)
+    trial = copy.deepcopy(net.spec)
+    set_input_shapes(trial, input_shapes_of({i: inputs[i] for i in net.input_names}))
+    try:
+        shapes = infer_shapes(trial, check=False)
+    except NetDefinitionError as exc:
+        raise CaffeError(f"the net cannot run at the inputs' shapes: {exc}", Location(source)) from None
+    check_blobs_budget(trial, shapes, "verifying (a forward pass keeping every blob)")
+
+
 def run_all_blobs(net: CaffeNet, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    check_run_budget(net, inputs)
     tensors = {name: torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.float32))
                for name in net.input_names}
     with torch.no_grad():
@@ -92,6 +177,7 @@ def verify_onnx(
     from caffe2torch.onnx_export import export_onnx, required_layers
 
     names = set(net.input_names)
+    check_run_budget(net, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         if onnx_path is None:
             from caffe2torch.layers import get_converter
@@ -101,7 +187,10 @@ def verify_onnx(
                       and not (required_layers(net, [b]) & blocked)]
             onnx_path = Path(tmp) / "verify.onnx"
             export_onnx(net, onnx_path, wanted)
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise CaffeError(f"cannot load the ONNX model: {exc}", Location(str(onnx_path))) from None
         missing = [i.name for i in session.get_inputs() if i.name not in inputs]
         if missing:
             raise CaffeError(f"the inputs lack {', '.join(missing)}, which the ONNX model takes",

@@ -1,17 +1,22 @@
 """Shape inference and receptive fields over a NetSpec, by the registry's Caffe rules (no tensors run).
 
-Also the one place that checks a net is convertible: `check_supported` collects every unknown type and every
-unsupported parameter value of every layer, and raises them together.
+Also the one place that checks a net before anything is built: `check_definitions` applies what Caffe's own
+Net::Init and LayerSetUp refuse (bottom/top counts, in-place rules, parameter CHECKs), `check_supported`
+collects every unknown type and every unsupported parameter value, `infer_shapes` applies Caffe's Reshape
+CHECKs and its blob size limit, and `check_weights_budget` / `check_blobs_budget` refuse a net whose
+parameters or blobs would not fit a sane memory bound, in human terms, before a tensor exists.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+from caffe2torch import limits
 from caffe2torch.caffe_math import receptive_field_step
-from caffe2torch.errors import Location, NetDefinitionError, UnsupportedError
+from caffe2torch.errors import InvalidNetError, LimitError, Location, NetDefinitionError, UnsupportedError
 from caffe2torch.layers import BuildContext, get_converter
-from caffe2torch.layers.registry import count
+from caffe2torch.layers.registry import count, count_problems, shape_text
 from caffe2torch.netspec import LayerSpec, NetSpec, Shape
 from caffe2torch.upgrade import check_graph, describe_unknown
 
@@ -22,6 +27,36 @@ def layer_location(spec: NetSpec, layer: LayerSpec) -> Location:
 
 def context_of(spec: NetSpec) -> BuildContext:
     return BuildContext(dialect=spec.dialect, phase=spec.phase)
+
+
+def check_definitions(spec: NetSpec) -> None:
+    """Raise one InvalidNetError listing every layer Caffe itself would refuse before running: wrong bottom or
+    top counts for its type, in-place use where the type forbids it, parameter values its LayerSetUp CHECKs.
+    Unknown types are left to check_supported."""
+    ctx = context_of(spec)
+    problems: list[tuple[Location, str]] = []
+    for layer in spec.layers:
+        converter = get_converter(layer.type)
+        if converter is None:
+            continue
+        where = layer_location(spec, layer)
+        problems += [(where, message) for message in count_problems(converter, layer)]
+        problems += [(where, message) for message in converter.validate(layer, ctx)]
+    if problems:
+        raise InvalidNetError(problems, spec.source)
+
+
+def check_input_shapes(spec: NetSpec) -> None:
+    """Net inputs: known dimensions positive, and within Caffe's blob limits."""
+    for inp in spec.inputs:
+        where = Location(file=spec.source, layer=inp.source_layer, layer_type=inp.source_type)
+        if any(d is not None and d <= 0 for d in inp.shape):
+            raise NetDefinitionError(f"input '{inp.name}' has shape {shape_text(inp.shape)}: every dimension "
+                                     "must be at least 1", where)
+        problem = limits.blob_problem(inp.shape)
+        if problem:
+            raise NetDefinitionError(f"input '{inp.name}' of shape {shape_text(inp.shape)} would hold {problem}",
+                                     where)
 
 
 def check_supported(spec: NetSpec) -> None:
@@ -57,6 +92,8 @@ class LayerInfo:
     field: float | None = None
     stride: float | None = None
     line: int | None = None
+    # The bottoms' shapes when this layer runs (an in-place layer later in the net may rebind a name).
+    bottom_shapes: list[Shape] = dataclasses.field(default_factory=list)  # (`field` is taken above)
 
 
 @dataclass
@@ -73,7 +110,9 @@ def infer_shapes(spec: NetSpec, check: bool = True) -> ShapeReport:
     """Propagate the inputs' shapes through every layer with Caffe's rules (None = unknown dimension)."""
     if check:
         check_graph(spec)
+        check_definitions(spec)
         check_supported(spec)
+    check_input_shapes(spec)
     ctx = context_of(spec)
     report = ShapeReport()
     fields: dict[str, tuple[float, float]] = {}
@@ -82,27 +121,45 @@ def infer_shapes(spec: NetSpec, check: bool = True) -> ShapeReport:
         fields[inp.name] = (1.0, 1.0)
     for layer in spec.layers:
         converter = get_converter(layer.type)
-        assert converter is not None
+        where = layer_location(spec, layer)
+        if converter is None:  # only with check=False
+            raise UnsupportedError([(where, f"unknown or unsupported layer type '{layer.type}'")], spec.source)
         bottoms = [report.blobs[b] for b in layer.bottoms]
         try:
             tops = converter.output_shapes(layer, bottoms, ctx) if layer.tops else []
             blob_shapes = converter.blob_shapes(layer, bottoms)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            shown = ", ".join(f"{b} {s}" for b, s in zip(layer.bottoms, bottoms))
-            raise NetDefinitionError(f"cannot infer shapes from bottoms {shown}: {exc}",
-                                     layer_location(spec, layer)) from None
-        for top, shape in zip(layer.tops, tops):
+        except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError, OverflowError) as exc:
+            shown = ", ".join(f"'{b}' {shape_text(s)}" for b, s in zip(layer.bottoms, bottoms))
+            raise NetDefinitionError(f"{exc} (bottoms: {shown})", where) from None
+        if len(tops) != len(layer.tops):
+            raise NetDefinitionError(f"{layer.type} makes {len(tops)} top(s) here; the layer lists {len(layer.tops)}",
+                                     where)
+        for index, (top, shape) in enumerate(zip(layer.tops, tops)):
+            if index < len(bottoms) and layer.bottoms[index] == top and tuple(shape) != tuple(bottoms[index]):
+                raise NetDefinitionError(f"top '{top}' is computed in place but would change its shape from "
+                                         f"{shape_text(bottoms[index])} to {shape_text(shape)} (Caffe would "
+                                         "overwrite the layer's own input); give the top another name", where)
             if any(d is not None and d <= 0 for d in shape):
-                raise NetDefinitionError(f"top '{top}' would have shape {shape}; the input is too small",
-                                         layer_location(spec, layer))
+                shown = ", ".join(shape_text(s) for s in bottoms)
+                raise NetDefinitionError(f"top '{top}' would have shape {shape_text(shape)} (from {shown}): every "
+                                         "dimension must be at least 1 (is the input too small for this layer?)",
+                                         where)
+            problem = limits.blob_problem(shape)
+            if problem:
+                raise NetDefinitionError(f"top '{top}' of shape {shape_text(shape)} would hold {problem}", where)
             report.blobs[top] = tuple(shape)
+        for index, shape in enumerate(blob_shapes):
+            problem = limits.blob_problem(shape)
+            if problem:
+                raise NetDefinitionError(f"parameter blob {index} of shape {shape_text(shape)} would hold {problem}",
+                                         where)
         counts = [count(s) for s in blob_shapes]
         params = None if None in counts else sum(counts)  # type: ignore[arg-type]
         rf, jump = _grow_field(converter, layer, bottoms, tops, fields)
         for top in layer.tops:
             fields[top] = (rf, jump)
         report.layers.append(LayerInfo(layer.name, layer.type, list(layer.bottoms), list(layer.tops), list(tops),
-                                       blob_shapes, params, rf, jump, layer.line))
+                                       blob_shapes, params, rf, jump, layer.line, bottoms))
     return report
 
 
@@ -123,3 +180,78 @@ def _grow_field(converter, layer, bottoms, tops, fields) -> tuple[float, float]:
         if change:
             jump = jump / change
     return rf, jump
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Memory budgets: checked on the inferred shapes, before any tensor exists
+# ---------------------------------------------------------------------------------------------------------
+
+
+def owned_parameter_count(spec: NetSpec, report: ShapeReport) -> tuple[int, list[tuple[int, LayerInfo]]]:
+    """Parameters a built net holds (blobs shared by ParamSpec name counted once, by their owner), and the
+    count of each layer, largest first. Raises NetDefinitionError where a parameter shape is unknown."""
+    ties = spec.shared_parameters()
+    per_layer: list[tuple[int, LayerInfo]] = []
+    for info in report.layers:
+        total = 0
+        for index, shape in enumerate(info.blob_shapes):
+            if (info.name, index) in ties:
+                continue
+            size = count(shape)
+            if size is None:
+                where = Location(file=spec.source, line=info.line, layer=info.name, layer_type=info.type)
+                raise NetDefinitionError(f"the shape of parameter blob {index} ({shape_text(shape)}) depends on an "
+                                         "input shape the net does not declare; give it with --input-shape", where)
+            total += size
+        if total:
+            per_layer.append((total, info))
+    per_layer.sort(key=lambda item: -item[0])
+    return sum(n for n, _ in per_layer), per_layer
+
+
+def check_weights_budget(spec: NetSpec, report: ShapeReport) -> int:
+    """Refuse a net whose parameters would take more memory than the weights budget (limits.max_weights_bytes);
+    returns the number of parameters."""
+    total, per_layer = owned_parameter_count(spec, report)
+    budget = limits.max_weights_bytes()
+    needed = total * limits.FLOAT_BYTES
+    if needed > budget:
+        largest, info = per_layer[0]
+        where = Location(file=spec.source, line=info.line, layer=info.name, layer_type=info.type)
+        raise LimitError(
+            f"the net's {limits.human_count(total)} parameters would take {limits.human_bytes(needed)} "
+            f"(this layer alone {limits.human_bytes(largest * limits.FLOAT_BYTES)}), over the "
+            f"{limits.human_bytes(budget)} limit for weights; for a real model this large, raise it with "
+            f"{limits.WEIGHTS_VARIABLE}=SIZE (e.g. {limits.WEIGHTS_VARIABLE}={_next_size(needed)})", where)
+    return total
+
+
+def blob_elements(report: ShapeReport) -> int | None:
+    """Elements of every blob a forward pass that keeps them all holds (one value per blob name)."""
+    counts = [count(shape) for shape in report.blobs.values()]
+    return None if None in counts else sum(counts)  # type: ignore[arg-type]
+
+
+def check_blobs_budget(spec: NetSpec, report: ShapeReport, what: str = "a forward pass keeping every blob") -> None:
+    """Refuse to run a net whose blobs would take more memory than the blobs budget (limits.max_blobs_bytes)."""
+    total = blob_elements(report)
+    if total is None:
+        return
+    budget = limits.max_blobs_bytes()
+    needed = total * limits.FLOAT_BYTES
+    if needed > budget:
+        name, shape = max(report.blobs.items(), key=lambda item: count(item[1]) or 0)
+        inputs = ", ".join(f"{i.name} {shape_text(i.shape)}" for i in spec.inputs)
+        raise LimitError(
+            f"{what} at input size {inputs} would hold {limits.human_count(total)} values "
+            f"({limits.human_bytes(needed)}; the largest blob, '{name}' {shape_text(shape)}, alone "
+            f"{limits.human_bytes((count(shape) or 0) * limits.FLOAT_BYTES)}), over the "
+            f"{limits.human_bytes(budget)} limit for blobs; use smaller inputs, or raise the limit with "
+            f"{limits.BLOBS_VARIABLE}=SIZE (e.g. {limits.BLOBS_VARIABLE}={_next_size(needed)})",
+            Location(file=spec.source))
+
+
+def _next_size(needed: int) -> str:
+    """A round size above `needed`, for the hint in a limit error."""
+    gib = -(-needed // (1 << 30))
+    return f"{gib}G"

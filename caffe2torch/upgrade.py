@@ -654,9 +654,16 @@ def phase_hint(spec: NetSpec, blob: str) -> str:
 
 
 def check_graph(spec: NetSpec) -> None:
-    """Every bottom must exist when its layer runs; names must be unique. Caffe's nets are a list executed in
-    order, so a bottom produced only by a later layer is a cycle or an ordering error."""
-    available = set(spec.input_names())
+    """Every bottom must exist when its layer runs; names must be unique; a blob has one producer. Caffe's nets
+    are a list executed in order, so a bottom produced only by a later layer is a cycle or an ordering error.
+    As in Caffe's Net::AppendTop, top i may reuse a name only in place: when it is also bottom i; any other
+    top whose name already exists is "produced by multiple sources"."""
+    producers: dict[str, str] = {}
+    for inp in spec.inputs:
+        if inp.name in producers:
+            raise NetDefinitionError(f"net input '{inp.name}' is declared twice",
+                                     Location(file=spec.source, layer=inp.source_layer, layer_type=inp.source_type))
+        producers[inp.name] = f"net input '{inp.name}'"
     produced_later = {t for layer in spec.layers for t in layer.tops}
     seen_names: dict[str, int | None] = {}
     for layer in spec.layers:
@@ -667,7 +674,7 @@ def check_graph(spec: NetSpec) -> None:
         if not layer.type:
             raise NetDefinitionError("layer has no type", where)
         for bottom in layer.bottoms:
-            if bottom not in available:
+            if bottom not in producers:
                 if bottom in produced_later:
                     raise NetDefinitionError(
                         f"bottom '{bottom}' is produced only by a later layer (a cycle, or layers out of order)",
@@ -675,4 +682,12 @@ def check_graph(spec: NetSpec) -> None:
                     )
                 raise NetDefinitionError(f"bottom '{bottom}' is produced by no layer and is not a net input"
                                          + phase_hint(spec, bottom), where)
-        available.update(layer.tops)
+        for index, top in enumerate(layer.tops):
+            in_place = index < len(layer.bottoms) and layer.bottoms[index] == top
+            if top in producers and not in_place:
+                first = producers[top]
+                raise NetDefinitionError(
+                    f"top '{top}' is produced by multiple sources (already by {first}); only top {index} may "
+                    f"reuse a name, in place, when it is also bottom {index}", where)
+            if not in_place:
+                producers[top] = f"layer '{layer.name}'" + (f" (line {layer.line})" if layer.line else "")

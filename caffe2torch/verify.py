@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from caffe2torch import limits
 from caffe2torch.errors import CaffeError, Location
 
 DEFAULT_TOLERANCE = 1e-4
@@ -79,14 +80,71 @@ def compare_blobs(
     return VerifyReport(ok=first is None, first_divergent=first, blobs=blobs, tolerance=tol)
 
 
+MAX_NPZ_MEMBERS = 100_000
+
+
 def load_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
+    """Arrays of an .npz by name, validated before any is read: numeric dtypes only (no object arrays, no
+    pickle), shapes within Caffe's blob limits, and all of them together within the blobs budget (a small
+    compressed file can claim a huge array)."""
+    import zipfile
+    import zlib
+
+    from caffe2torch.errors import LimitError
+    from caffe2torch.paths import require_file, sniff
+
+    path = require_file(path, f"an .npz of {what}")
+    where = Location(str(path))
+    if not zipfile.is_zipfile(path):
+        kind = sniff(path)
+        if kind == "a NumPy .npy array":
+            raise CaffeError(f"a .npy file holds one unnamed array; {what} must be an .npz mapping blob names to "
+                             "arrays, e.g. numpy.savez('inputs.npz', data=array)", where)
+        raise CaffeError(f"not an .npz file (a zip of .npy arrays){f'; it looks like {kind}' if kind else ''}", where)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise CaffeError("no such file", Location(str(path))) from None
-    except (ValueError, OSError) as exc:
-        raise CaffeError(f"cannot read {what} as .npz: {exc}", Location(str(path))) from None
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_NPZ_MEMBERS:
+                raise CaffeError(f"{len(members):,} entries: more than the {MAX_NPZ_MEMBERS:,} an .npz of blobs "
+                                 "could need", where)
+            headers = [(member, *_npy_header(archive, member, what, where)) for member in members]
+            if not headers:
+                raise CaffeError(f"the .npz holds no arrays; {what} must name at least one blob", where)
+            total = sum(limits.element_count(shape) * dtype.itemsize for _, shape, dtype in headers)
+            if total > limits.max_blobs_bytes():
+                raise LimitError(f"its arrays would take {limits.human_bytes(total)}, over the "
+                                 f"{limits.human_bytes(limits.max_blobs_bytes())} limit for blobs (raise it with "
+                                 f"{limits.BLOBS_VARIABLE}=SIZE)", where)
+            arrays = {}
+            for member, _, _ in headers:
+                with archive.open(member) as handle:
+                    arrays[member.filename.removesuffix(".npy")] = np.lib.format.read_array(handle,
+                                                                                           allow_pickle=False)
+            return arrays
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
+        raise CaffeError(f"cannot read {what} as .npz: {exc}", where) from None
+
+
+def _npy_header(archive, member, what: str, where: Location) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one .npy member, read from its header alone, and checked."""
+    name = member.filename
+    if not name.endswith(".npy"):
+        raise CaffeError(f"the .npz entry '{name}' is not a .npy array", where)
+    with archive.open(member) as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise CaffeError(f"'{name}': .npy format version {version} is not supported", where)
+    if dtype.hasobject or dtype.fields is not None or dtype.kind not in "fiub":
+        raise CaffeError(f"'{name[:-4]}' has dtype {dtype}; {what} must be numeric arrays (float, int or bool)",
+                         where)
+    problem = limits.blob_problem(shape)
+    if problem:
+        raise CaffeError(f"'{name[:-4]}' of shape {tuple(shape)} would hold {problem}", where)
+    return tuple(shape), dtype
 
 
 def format_report(report: VerifyReport) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import click
 
@@ -14,13 +13,23 @@ from caffe2torch.class_names import model_class_names, read_class_names
 from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.crf import crf_preset as crf_preset_params
 from caffe2torch.definitions import bundled_definition
-from caffe2torch.errors import Location, NetDefinitionError
+from caffe2torch.errors import CaffeError, Location
 from caffe2torch.images import list_images, read_image
 from caffe2torch.in_net_crf import runner_outputs
 from caffe2torch.input_sizes import known_input_sizes
 from caffe2torch.known_models import identify, known_model
 from caffe2torch.onnx_export import check_exportable, export_onnx
-from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_torch
+from caffe2torch.paths import check_output_dir, make_output_dir
+from caffe2torch.pipeline import (
+    check_blob_names,
+    check_input_arrays,
+    check_run_budget,
+    convert,
+    input_shapes_of,
+    read_net,
+    set_input_shapes,
+    verify_torch,
+)
 from caffe2torch.quantize import quantize_int8
 from caffe2torch.runner import model_info
 from caffe2torch.util import atomic_write_text, file_sha256
@@ -84,25 +93,27 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
             crf_preset_params(crf_preset)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--crf-preset") from None
-    given_classes = read_class_names(classes) if classes is not None else None
     started = time.perf_counter()
+    # Everything is validated before anything is written into OUTDIR.
+    out = check_output_dir(outdir)
+    given_classes = read_class_names(classes) if classes is not None else None
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
     arrays = load_npz(inputs, "inputs") if inputs else None
+    expected = load_npz(reference, "reference") if reference else None
     if arrays:
+        check_input_arrays(spec, arrays, inputs)
         set_input_shapes(spec, input_shapes_of(arrays))
     model = read_caffemodel(caffemodel)
     net, loaded = convert(spec, model)
     echo_notes(spec.notes)
+    if loaded.nonfinite:
+        click.echo(f"warning: {loaded.nonfinite_text()}", err=True)
     for dropped in spec.dropped:
         click.echo(f"dropped {dropped.name} ({dropped.type}): {dropped.reason}", err=True)
     known = identify(model)
-    if known:
-        click.echo(f"recognised {known.name} ({known.id})")
-    # Everything that can be refused is checked before anything is written.
     requested = [o for o in onnx_outputs.split(",") if o] or None
-    missing = [o for o in requested or [] if o not in net.shapes.blobs]
-    if missing:
-        raise NetDefinitionError(f"--onnx-outputs names no blob of the net: {', '.join(missing)}", Location(prototxt))
+    if requested:
+        check_blob_names(net, requested, "--onnx-outputs")
     chosen = runner_outputs(spec, requested)
     echo_notes(chosen.notes)
     preset = crf_preset or (known.crf_preset if known and chosen.crf is None else None)
@@ -114,11 +125,16 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     info.model_id = known.id if known else None
     if write_onnx:
         check_exportable(net, chosen.outputs)
-    images = [read_image(p) for p in list_images([int8_images])[:16]] if int8_images and write_onnx else None
-    if int8_images and not write_onnx:
+    elif int8_images:
         raise click.UsageError("--int8 needs the ONNX export (drop --no-onnx)")
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    images = [read_image(p) for p in list_images([int8_images])[:16]] if int8_images else []
+    if int8_images and not images:
+        raise CaffeError("int8 calibration needs at least one image", Location(str(int8_images)))
+    if arrays is not None:
+        check_run_budget(net, arrays, inputs)
+    make_output_dir(out)
+    if known:
+        click.echo(f"recognised {known.name} ({known.id})")
     artifact = out / ARTIFACT_NAME
     sources = {
         "model_id": known.id if known else "", "crf_preset": info.crf_preset or "",
@@ -128,18 +144,18 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     if write_onnx:
         metadata = {**sources, **info.to_metadata()}
         export_onnx(net, out / ONNX_NAME, chosen.outputs, metadata, sizes=sizes)
-        shape = "see its metadata" if sizes is None else sizes.describe()
-        click.echo(f"wrote {out / ONNX_NAME} (onnxruntime, output {', '.join(chosen.outputs)}; {shape})")
+        described = "see its metadata" if sizes is None else sizes.describe()
+        click.echo(f"wrote {out / ONNX_NAME} (onnxruntime, output {', '.join(chosen.outputs)}; {described})")
     save_artifact(net, artifact, {**sources, "runner": json.dumps(info.to_metadata())})
     params = sum(p.numel() for p in net.parameters())
     click.echo(f"wrote {artifact} ({len(spec.layers)} layers, {params:,} parameters, "
                f"{len(loaded.loaded)} layers with weights) in {time.perf_counter() - started:.1f} s")
     click.echo(f"classes: {describe_classes(info.class_names)}; CRF setting: {describe_crf_default(info)}")
-    if images is not None:
+    if images:
         quantize_int8(out / ONNX_NAME, out / INT8_NAME, spec, images, info)
         click.echo(f"wrote {out / INT8_NAME} (int8, calibrated on {len(images)} image(s))")
     if arrays is not None:
-        report = verify_torch(net, arrays, load_npz(reference, "reference"), tol)
+        report = verify_torch(net, arrays, expected, tol)
         atomic_write_text(out / "parity.json", report.to_json())
         click.echo(format_report(report))
         click.echo(f"wrote {out / 'parity.json'}")

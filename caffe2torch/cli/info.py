@@ -8,9 +8,12 @@ import click
 
 from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import net_options, parse_defines, parse_input_shapes, reports_errors
+from caffe2torch.errors import CaffeError
 from caffe2torch.known_models import KnownModel, identify
+from caffe2torch.paths import require_file
 from caffe2torch.pipeline import read_net
 from caffe2torch.report import describe
+from caffe2torch.shapes import check_weights_budget
 
 
 def looks_binary(path: str) -> bool:
@@ -78,6 +81,7 @@ def main(prototxt, caffemodel, defines, phase, input_shapes, as_json):
       deeplab-info test.prototxt train_iter_20000.caffemodel --define NUM_LABELS=21 --define EXP=voc12
       deeplab-info train_iter_20000.caffemodel
     """
+    require_file(prototxt, "a prototxt or caffemodel")  # not a FIFO: looks_binary would wait on it forever
     if caffemodel is None and looks_binary(prototxt):
         describe_caffemodel(read_caffemodel(prototxt), as_json)
         return
@@ -85,15 +89,27 @@ def main(prototxt, caffemodel, defines, phase, input_shapes, as_json):
     model = read_caffemodel(caffemodel) if caffemodel else None
     report = describe(spec, model)
     known = identify(model) if model is not None else None
+    warnings = []
+    if report.weights is not None and report.weights.nonfinite:
+        warnings.append(report.weights.nonfinite_text())
+    try:
+        check_weights_budget(spec, report.shapes)
+    except CaffeError as exc:  # info builds nothing; converting would refuse
+        warnings.append(f"converting this net would fail: {exc.message}")
     if as_json:
         data = report.to_dict()
         if model is not None:
             data["known_model"] = known.id if known else None
+            data["caffemodel"]["nonfinite"] = {name: {"nonfinite": bad, "values": total}
+                                               for name, (bad, total) in report.weights.nonfinite.items()}
+        data["warnings"] = warnings
         click.echo(json.dumps(data, indent=1))
     else:
         click.echo(report.to_text())
         if model is not None:
             click.echo(known_model_text(known))
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     if report.weights is not None and not report.weights.ok:
         raise SystemExit(1)
 

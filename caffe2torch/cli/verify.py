@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.errors import CaffeError
-from caffe2torch.pipeline import convert, input_shapes_of, read_net, set_input_shapes, verify_onnx, verify_torch
+from caffe2torch.paths import check_output_dir, require_file
+from caffe2torch.pipeline import (
+    check_input_arrays,
+    check_run_budget,
+    convert,
+    input_shapes_of,
+    read_net,
+    set_input_shapes,
+    verify_onnx,
+    verify_torch,
+)
 from caffe2torch.util import atomic_write_text
 from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
 
@@ -36,11 +48,21 @@ def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, 
       deeplab-verify net.prototxt weights.caffemodel --inputs inputs.npz --reference blobs.npz
       deeplab-verify net.prototxt weights.caffemodel --inputs inputs.npz --reference blobs.npz --backend onnx
     """
+    if not tol >= 0 or tol == float("inf"):
+        raise click.BadParameter(f"{tol} is not a tolerance (a finite number >= 0)", param_hint="--tol")
     arrays = load_npz(inputs, "inputs")
-    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
-    set_input_shapes(spec, input_shapes_of(arrays))
-    net, _ = convert(spec, read_caffemodel(caffemodel))
     expected = load_npz(reference, "reference")
+    if onnx_path:
+        require_file(onnx_path, "an ONNX model")
+    if json_out:
+        check_output_dir(Path(json_out).parent)
+    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
+    check_input_arrays(spec, arrays, inputs)
+    set_input_shapes(spec, input_shapes_of(arrays))
+    net, loaded = convert(spec, read_caffemodel(caffemodel))
+    if loaded.nonfinite:
+        click.echo(f"warning: {loaded.nonfinite_text()}", err=True)
+    check_run_budget(net, arrays, inputs)
     if backend == "onnx" or onnx_path:
         report = verify_onnx(net, arrays, expected, tol, onnx_path)
         if not report.blobs:

@@ -11,6 +11,26 @@ from torch import nn
 from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
 
 
+class NeuronConverter(LayerConverter):
+    """Caffe's NeuronLayer: one bottom, one top of the same shape, in place allowed."""
+
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+
+def log_base_problem(message: str, base: float) -> list[str]:
+    """ExpLayer/LogLayer::LayerSetUp: base > 0 (or -1 for e), and log(base) finite (Log also: nonzero)."""
+    if base == -1.0:
+        return []
+    if not base > 0:
+        return [f"{message}.base={base} (must be > 0, or -1 for e)"]
+    if math.isinf(base):
+        return [f"{message}.base={base}: log(base) is not finite"]
+    if message == "log_param" and base == 1.0:
+        return ["log_param.base=1: 1/log(base) is not finite"]
+    return []
+
+
 class Elementwise(CaffeLayer):
     """A parameter-free element-wise function of one bottom."""
 
@@ -26,7 +46,7 @@ class Elementwise(CaffeLayer):
 
 
 @register("ReLU")
-class ReLUConverter(LayerConverter):
+class ReLUConverter(NeuronConverter):
     def build(self, spec, bottoms, ctx):
         slope = float(spec.param("relu_param").get("negative_slope", 0.0))
         if slope == 0.0:
@@ -35,7 +55,12 @@ class ReLUConverter(LayerConverter):
 
 
 @register("PReLU")
-class PReLUConverter(LayerConverter):
+class PReLUConverter(NeuronConverter):
+    def output_shapes(self, spec, bottoms, ctx):
+        if len(bottoms[0]) < 2:
+            raise ValueError(f"PReLU needs a bottom with at least 2 axes, not {len(bottoms[0])}")
+        return [bottoms[0]]
+
     def blob_shapes(self, spec, bottoms):
         shared = spec.param("prelu_param").get("channel_shared", False)
         return [(1,) if shared else (bottoms[0][1],)]
@@ -57,31 +82,33 @@ class CaffePReLU(CaffeLayer):
 
 
 @register("Sigmoid")
-class SigmoidConverter(LayerConverter):
+class SigmoidConverter(NeuronConverter):
     def build(self, spec, bottoms, ctx):
         return Elementwise(torch.sigmoid, "sigmoid")
 
 
 @register("TanH")
-class TanHConverter(LayerConverter):
+class TanHConverter(NeuronConverter):
     def build(self, spec, bottoms, ctx):
         return Elementwise(torch.tanh, "tanh")
 
 
 @register("AbsVal")
-class AbsValConverter(LayerConverter):
+class AbsValConverter(NeuronConverter):
+    in_place = False
+
     def build(self, spec, bottoms, ctx):
         return Elementwise(torch.abs, "abs")
 
 
 @register("BNLL")
-class BNLLConverter(LayerConverter):
+class BNLLConverter(NeuronConverter):
     def build(self, spec, bottoms, ctx):
         return Elementwise(F.softplus, "log(1 + exp(x))")
 
 
 @register("Dropout")
-class DropoutConverter(LayerConverter):
+class DropoutConverter(NeuronConverter):
     """Identity at test time: Caffe's Dropout scales during training (scale_train), not at test."""
 
     def check(self, spec, ctx):
@@ -96,14 +123,14 @@ class DropoutConverter(LayerConverter):
 
 
 @register("Threshold")
-class ThresholdConverter(LayerConverter):
+class ThresholdConverter(NeuronConverter):
     def build(self, spec, bottoms, ctx):
         t = float(spec.param("threshold_param").get("threshold", 0.0))
         return Elementwise(lambda x: (x > t).to(x.dtype), f"x > {t}")
 
 
 @register("ELU")
-class ELUConverter(LayerConverter):
+class ELUConverter(NeuronConverter):
     def build(self, spec, bottoms, ctx):
         alpha = float(spec.param("elu_param").get("alpha", 1.0))
         return Elementwise(lambda x: F.elu(x, alpha), f"alpha={alpha}")
@@ -118,7 +145,7 @@ def _affine(scale: float, shift: float):
 
 
 @register("Power")
-class PowerConverter(LayerConverter):
+class PowerConverter(NeuronConverter):
     """y = (shift + scale * x) ^ power."""
 
     def build(self, spec, bottoms, ctx):
@@ -131,7 +158,7 @@ class PowerConverter(LayerConverter):
 
 
 @register("Exp")
-class ExpConverter(LayerConverter):
+class ExpConverter(NeuronConverter):
     """y = base ^ (shift + scale * x); base -1 means e."""
 
     def build(self, spec, bottoms, ctx):
@@ -141,13 +168,12 @@ class ExpConverter(LayerConverter):
         inner = _affine(scale * log_base, shift * log_base)
         return Elementwise(lambda x: torch.exp(inner(x)), f"base={base} scale={scale} shift={shift}")
 
-    def check(self, spec, ctx):
-        base = spec.param("exp_param").get("base", -1.0)
-        return [] if base == -1.0 or base > 0 else [f"exp_param.base={base} (must be > 0 or -1)"]
+    def validate(self, spec, ctx):
+        return log_base_problem("exp_param", float(spec.param("exp_param").get("base", -1.0)))
 
 
 @register("Log")
-class LogConverter(LayerConverter):
+class LogConverter(NeuronConverter):
     """y = log_base(shift + scale * x); base -1 means e."""
 
     def build(self, spec, bottoms, ctx):
@@ -157,6 +183,5 @@ class LogConverter(LayerConverter):
         inner = _affine(scale, shift)
         return Elementwise(lambda x: torch.log(inner(x)) * inv_log_base, f"base={base} scale={scale} shift={shift}")
 
-    def check(self, spec, ctx):
-        base = spec.param("log_param").get("base", -1.0)
-        return [] if base == -1.0 or base > 0 else [f"log_param.base={base} (must be > 0 or -1)"]
+    def validate(self, spec, ctx):
+        return log_base_problem("log_param", float(spec.param("log_param").get("base", -1.0)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from caffe2torch.caffe_math import canonical_axis, reshape_output_shape
-from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, count, register, shape_text
 
 
 def _add(values):
@@ -16,9 +16,22 @@ def _add(values):
 
 @register("Concat")
 class ConcatConverter(LayerConverter):
+    bottom_counts = (1, None)
+    top_counts = (1, 1)
+
     def output_shapes(self, spec, bottoms, ctx):
+        """ConcatLayer::Reshape: the same number of axes, and equal sizes on every axis but the concat axis."""
         axis = canonical_axis(spec.param("concat_param").get("axis", 1), len(bottoms[0]))
-        shape = list(bottoms[0])
+        first = bottoms[0]
+        for index, other in enumerate(bottoms[1:], 1):
+            if len(other) != len(first):
+                raise ValueError(f"Concat inputs must have the same number of axes: bottom 0 is {shape_text(first)}, "
+                                 f"bottom {index} {shape_text(other)}")
+            for j, (a, b) in enumerate(zip(first, other)):
+                if j != axis and a is not None and b is not None and a != b:
+                    raise ValueError(f"Concat inputs must match in every axis but the concat axis {axis}: bottom 0 "
+                                     f"is {shape_text(first)}, bottom {index} {shape_text(other)} (axis {j} differs)")
+        shape = list(first)
         shape[axis] = _add([b[axis] for b in bottoms])
         return [tuple(shape)]
 
@@ -36,23 +49,37 @@ class CaffeConcat(CaffeLayer):
 
 
 def slice_sizes(total: int | None, points: list[int], tops: int) -> list[int | None]:
-    """Caffe's Slice: explicit slice points, or an equal split into as many parts as there are tops."""
+    """Caffe's Slice: explicit slice points (strictly increasing, inside the axis), or an equal split into as
+    many parts as there are tops (SliceLayer::Reshape's CHECKs)."""
     if points:
         if len(points) != tops - 1:
-            raise ValueError(f"{len(points)} slice points for {tops} tops")
-        bounds = [0, *points, total]
+            raise ValueError(f"{len(points)} slice point(s) for {tops} top(s); Slice needs one fewer point than tops")
+        previous = 0
+        for point in points:
+            if point <= previous:
+                raise ValueError(f"slice points {points} must increase strictly, from above 0")
+            previous = point
         if total is None:
-            return [b - a if b is not None else None for a, b in zip(bounds, bounds[1:])]
+            bounds = [0, *points]
+            return [b - a for a, b in zip(bounds, bounds[1:])] + [None]
+        if tops > total:
+            raise ValueError(f"{tops} tops cannot slice an axis of size {total}")
+        if points[-1] >= total:
+            raise ValueError(f"slice point {points[-1]} is not inside the sliced axis of size {total}")
+        bounds = [0, *points, total]
         return [b - a for a, b in zip(bounds, bounds[1:])]
     if total is None:
         return [None] * tops
     if total % tops:
-        raise ValueError(f"cannot split {total} equally into {tops} tops")
+        raise ValueError(f"{tops} tops do not divide the sliced axis of size {total} evenly")
     return [total // tops] * tops
 
 
 @register("Slice")
 class SliceConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, None)
+
     def _axis_points(self, spec, ndim):
         p = spec.param("slice_param")
         return canonical_axis(p.get("axis", 1), ndim), list(p.get("slice_point", []))
@@ -83,6 +110,10 @@ class CaffeSlice(CaffeLayer):
 
 @register("Split")
 class SplitConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, None)
+    in_place = False
+
     def output_shapes(self, spec, bottoms, ctx):
         return [bottoms[0]] * len(spec.tops)
 
@@ -101,14 +132,20 @@ class CaffeSplit(CaffeLayer):
 
 @register("Flatten")
 class FlattenConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+    in_place = False
+
     def _axes(self, spec, ndim):
         p = spec.param("flatten_param")
-        return canonical_axis(p.get("axis", 1), ndim), canonical_axis(p.get("end_axis", -1), ndim)
+        start, end = canonical_axis(p.get("axis", 1), ndim), canonical_axis(p.get("end_axis", -1), ndim)
+        if end + 1 < start:
+            raise ValueError(f"flatten_param.end_axis {p.get('end_axis', -1)} comes before axis {p.get('axis', 1)}")
+        return start, end
 
     def output_shapes(self, spec, bottoms, ctx):
         start, end = self._axes(spec, len(bottoms[0]))
-        middle = bottoms[0][start : end + 1]
-        size = None if None in middle else int(torch.tensor(middle).prod().item()) if middle else 1
+        size = count(bottoms[0][start : end + 1])
         return [tuple(bottoms[0][:start]) + (size,) + tuple(bottoms[0][end + 1 :])]
 
     def build(self, spec, bottoms, ctx):
@@ -122,11 +159,17 @@ class CaffeFlatten(CaffeLayer):
         self.start, self.end = start, end
 
     def forward(self, x):
+        if self.end < self.start:  # Caffe's count over an empty axis range: a new axis of size 1
+            return x.unsqueeze(self.start)
         return torch.flatten(x, self.start, self.end)
 
 
 @register("Reshape")
 class ReshapeConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+    in_place = False
+
     def output_shapes(self, spec, bottoms, ctx):
         return [reshape_output_shape(tuple(bottoms[0]), spec.param("reshape_param"))]
 
@@ -147,6 +190,9 @@ class CaffeReshape(CaffeLayer):
 class CropConverter(LayerConverter):
     """Upstream Crop: bottom0 cut to bottom1's size from `axis` on, at `offset` (one for all, or one each)."""
 
+    bottom_counts = (2, 2)
+    top_counts = (1, 1)
+
     def _offsets(self, spec, ndim):
         p = spec.param("crop_param")
         axis = canonical_axis(p.get("axis", 2), ndim)
@@ -157,16 +203,23 @@ class CropConverter(LayerConverter):
         elif not offsets:
             offsets = [0] * count
         elif len(offsets) != count:
-            raise ValueError(f"crop_param has {len(offsets)} offsets for {count} cropped axes")
+            raise ValueError(f"crop_param has {len(offsets)} offsets for {count} cropped axes (give one for all, "
+                             "or one per axis from crop_param.axis on)")
+        if min(offsets) < 0:
+            raise ValueError(f"crop offsets {offsets} must not be negative")
         return axis, offsets
 
     def output_shapes(self, spec, bottoms, ctx):
+        """CropLayer::LayerSetUp/Reshape: same number of axes; each cropped axis offset + size <= the input's."""
+        if len(bottoms[0]) != len(bottoms[1]):
+            raise ValueError(f"Crop's bottoms must have the same number of axes: {shape_text(bottoms[0])} and "
+                             f"{shape_text(bottoms[1])}")
         axis, offsets = self._offsets(spec, len(bottoms[0]))
         shape = list(bottoms[0][:axis]) + list(bottoms[1][axis:])
         for i, off in enumerate(offsets):
             big, small = bottoms[0][axis + i], bottoms[1][axis + i]
             if big is not None and small is not None and off + small > big:
-                raise ValueError(f"Crop of axis {axis + i}: offset {off} + size {small} exceeds {big}")
+                raise ValueError(f"Crop of axis {axis + i}: offset {off} + size {small} exceeds the input's {big}")
         return [tuple(shape)]
 
     def build(self, spec, bottoms, ctx):
@@ -188,16 +241,25 @@ class CaffeCrop(CaffeLayer):
 
 @register("Tile")
 class TileConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def validate(self, spec, ctx):
+        tiles = spec.param("tile_param").get("tiles")
+        if tiles is None:
+            return ["tile_param needs tiles"]
+        return [] if tiles >= 1 else [f"tile_param.tiles {tiles}: must be > 0"]
+
     def output_shapes(self, spec, bottoms, ctx):
         p = spec.param("tile_param")
         axis = canonical_axis(p.get("axis", 1), len(bottoms[0]))
         shape = list(bottoms[0])
-        shape[axis] = None if shape[axis] is None else shape[axis] * int(p.get("tiles", 1))
+        shape[axis] = None if shape[axis] is None else shape[axis] * int(p["tiles"])
         return [tuple(shape)]
 
     def build(self, spec, bottoms, ctx):
         p = spec.param("tile_param")
-        return CaffeTile(canonical_axis(p.get("axis", 1), len(bottoms[0])), int(p.get("tiles", 1)))
+        return CaffeTile(canonical_axis(p.get("axis", 1), len(bottoms[0])), int(p["tiles"]))
 
 
 class CaffeTile(CaffeLayer):

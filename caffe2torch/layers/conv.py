@@ -8,8 +8,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from caffe2torch.caffe_math import canonical_axis, conv_output_size, deconv_output_size
-from caffe2torch.layers.registry import BuildContext, CaffeLayer, LayerConverter, count, param_bool, register
+from caffe2torch.layers.registry import (
+    BuildContext,
+    CaffeLayer,
+    LayerConverter,
+    count,
+    param_bool,
+    register,
+    same_shape,
+    shape_text,
+)
 from caffe2torch.netspec import LayerSpec, Shape
+
+
+def _pair_text(values) -> str:
+    return "x".join(str(v) for v in values)
 
 
 def _conv_geometry(spec: LayerSpec) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -18,21 +31,44 @@ def _conv_geometry(spec: LayerSpec) -> tuple[list[int], list[int], list[int], li
 
 
 class _ConvBase(LayerConverter):
-    """Convolution and Deconvolution differ only in their size rule, weight layout and module."""
+    """Convolution and Deconvolution differ only in their size rule, weight layout and module. Several bottoms
+    give as many tops, each filtered with the same weights (Caffe's EqualNumBottomTopBlobs)."""
 
     size_rule = staticmethod(conv_output_size)
+    bottom_counts = (1, None)
+    top_counts = (1, None)
+    equal_bottoms_tops = True
+
+    def validate(self, spec: LayerSpec, ctx: BuildContext) -> list[str]:
+        """BaseConvolutionLayer::LayerSetUp's CHECKs."""
+        p = spec.param("convolution_param")
+        problems = []
+        kernel = p.get("kernel", [None])
+        if None in kernel:
+            problems.append("convolution_param needs kernel_size (or kernel_h and kernel_w)")
+        elif min(kernel) < 1:
+            problems.append(f"kernel size {_pair_text(kernel)}: Caffe requires every filter dimension to be > 0")
+        if min(p.get("stride", [1])) < 1:
+            problems.append(f"stride {_pair_text(p['stride'])}: Caffe requires every stride to be > 0")
+        if min(p.get("pad", [0])) < 0 or min(p.get("dilation", [1])) < 0:
+            problems.append("pad and dilation must not be negative")
+        num_output = p.get("num_output", 0)
+        group = p.get("group", 1)
+        if num_output < 1:
+            problems.append("convolution_param needs num_output > 0")
+        if group < 1:
+            problems.append(f"group {group}: must be at least 1")
+        elif num_output >= 1 and num_output % group:
+            problems.append(f"num_output {num_output} is not a multiple of group {group}")
+        return problems
 
     def check(self, spec: LayerSpec, ctx: BuildContext) -> list[str]:
         p = spec.param("convolution_param")
         problems = []
-        if None in p.get("kernel", [None]):
-            problems.append("convolution_param needs kernel_size (or kernel_h and kernel_w)")
-        if "num_output" not in p:
-            problems.append("convolution_param needs num_output")
         if p.get("axis", 1) != 1:
             problems.append(f"convolution_param.axis={p['axis']} (only the channel axis 1 is supported)")
-        if min(p.get("stride", [1])) < 1 or min(p.get("dilation", [1])) < 1:
-            problems.append("stride and dilation must be >= 1")
+        if 0 in p.get("dilation", [1]):
+            problems.append("dilation 0 (every tap reads the same pixel; torch requires dilation >= 1)")
         return problems
 
     def window(self, spec: LayerSpec):
@@ -51,10 +87,19 @@ class _ConvBase(LayerConverter):
 
     def output_shapes(self, spec, bottoms, ctx):
         kernel, stride, pad, dilation = _conv_geometry(spec)
-        _, out, _ = self._channels(spec, bottoms)
+        cin, out, group = self._channels(spec, bottoms)
+        if len(bottoms[0]) != 4:
+            raise ValueError(f"{spec.type} needs a 4-D bottom (N, C, H, W), not {len(bottoms[0])}-D")
+        for index, other in enumerate(bottoms[1:], 1):
+            if not same_shape(bottoms[0], other):
+                raise ValueError(f"every bottom of a {spec.type} must have the same shape: bottom 0 is "
+                                 f"{shape_text(bottoms[0])}, bottom {index} {shape_text(other)}")
+        if cin is not None and cin % group:
+            raise ValueError(f"the input's {cin} channels are not a multiple of group {group}")
         n, _, h, w = bottoms[0]
-        return [(n, out, self.size_rule(h, kernel[0], pad[0], stride[0], dilation[0]),
-                 self.size_rule(w, kernel[1], pad[1], stride[1], dilation[1]))]
+        top = (n, out, self.size_rule(h, kernel[0], pad[0], stride[0], dilation[0]),
+               self.size_rule(w, kernel[1], pad[1], stride[1], dilation[1]))
+        return [top] * len(bottoms)
 
     def blob_shapes(self, spec, bottoms):
         kernel, *_ = _conv_geometry(spec)
@@ -89,6 +134,11 @@ class CaffeConvolution(nn.Conv2d, CaffeLayer):
         nn.Conv2d.__init__(self, cin, cout, kernel, stride, pad, dilation, group, bias)
         self.blob_names = ("weight", "bias") if bias else ("weight",)
 
+    def forward(self, *xs):
+        if len(xs) == 1:
+            return super().forward(xs[0])
+        return tuple(super(CaffeConvolution, self).forward(x) for x in xs)
+
 
 @register("Deconvolution")
 class DeconvolutionConverter(_ConvBase):
@@ -115,16 +165,25 @@ class CaffeDeconvolution(nn.ConvTranspose2d, CaffeLayer):
         nn.ConvTranspose2d.__init__(self, cin, cout, kernel, stride, pad, 0, group, bias, dilation)
         self.blob_names = ("weight", "bias") if bias else ("weight",)
 
+    def forward(self, *xs):
+        if len(xs) == 1:
+            return super().forward(xs[0])
+        return tuple(super(CaffeDeconvolution, self).forward(x) for x in xs)
+
 
 @register("InnerProduct")
 class InnerProductConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
     def _dims(self, spec: LayerSpec, bottom: Shape) -> tuple[int, int | None, int]:
         p = spec.param("inner_product_param")
         axis = canonical_axis(p.get("axis", 1), len(bottom))
         return axis, count(bottom[axis:]), int(p["num_output"])
 
-    def check(self, spec, ctx):
-        return [] if "num_output" in spec.param("inner_product_param") else ["inner_product_param needs num_output"]
+    def validate(self, spec, ctx):
+        return [] if spec.param("inner_product_param").get("num_output", 0) >= 1 else [
+            "inner_product_param needs num_output > 0"]
 
     def output_shapes(self, spec, bottoms, ctx):
         axis, _, out = self._dims(spec, bottoms[0])

@@ -46,6 +46,8 @@ def crf_region(data_dim: np.ndarray, height: int, width: int) -> tuple[int, int]
 @register("DenseCRF")
 class DenseCRFConverter(LayerConverter):
     exportable = False
+    bottom_counts = (2, 3)  # scores, data_dim[, data]
+    top_counts = (1, 1)
 
     def check(self, spec, ctx):
         problems = crf_params_from_layer(spec.param("dense_crf_param")).validate()

@@ -118,6 +118,8 @@ def domain_transform(
 @register("DomainTransform", "DomainTransformForwardOnly")
 class DomainTransformConverter(LayerConverter):
     exportable = True
+    bottom_counts = (2, 3)  # features, edge map[, data_dim]
+    top_counts = (1, 1)
 
     def check(self, spec, ctx):
         p = spec.param("domain_transform_param")

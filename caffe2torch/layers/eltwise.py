@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register, same_shape, shape_text
 
 
 @register("Eltwise")
 class EltwiseConverter(LayerConverter):
-    def check(self, spec, ctx):
+    bottom_counts = (2, None)
+    top_counts = (1, 1)
+
+    def validate(self, spec, ctx):
+        """EltwiseLayer::LayerSetUp: one coefficient per bottom, and none for PROD (MAX ignores them)."""
         p = spec.param("eltwise_param")
         coeffs = p.get("coeff", [])
         problems = []
-        if coeffs and p.get("operation", "SUM") != "SUM":
+        if coeffs and p.get("operation", "SUM") == "PROD":
             problems.append("eltwise coefficients are only defined for SUM")
         if coeffs and len(coeffs) != len(spec.bottoms):
-            problems.append(f"{len(coeffs)} coefficients for {len(spec.bottoms)} bottoms")
+            problems.append(f"{len(coeffs)} coefficients for {len(spec.bottoms)} bottoms (Caffe takes one per bottom)")
         return problems
 
     def output_shapes(self, spec, bottoms, ctx):
         first = bottoms[0]
-        for other in bottoms[1:]:
-            if len(other) != len(first) or any(a is not None and b is not None and a != b
-                                               for a, b in zip(first, other)):
-                raise ValueError(f"Eltwise bottoms differ in shape: {first} vs {other}")
+        for index, other in enumerate(bottoms[1:], 1):
+            if not same_shape(first, other):
+                raise ValueError(f"Eltwise bottoms must have the same shape: bottom 0 is {shape_text(first)}, "
+                                 f"bottom {index} {shape_text(other)}")
         return [first]
 
     def build(self, spec, bottoms, ctx):
@@ -60,13 +64,19 @@ class CaffeEltwise(CaffeLayer):
 class SpatialProductConverter(LayerConverter):
     """top = bottom0 * bottom1, bottom1 having one channel and the same H x W (attention to scale)."""
 
-    def check(self, spec, ctx):
-        return [] if len(spec.bottoms) == 2 else ["SpatialProduct needs exactly two bottoms"]
+    bottom_counts = (2, 2)
+    top_counts = (1, 1)
 
     def output_shapes(self, spec, bottoms, ctx):
-        if bottoms[1][1] not in (1, None):
-            raise ValueError(f"SpatialProduct's second bottom must have one channel, not {bottoms[1][1]}")
-        return [bottoms[0]]
+        features, weights = bottoms
+        if len(features) != 4 or len(weights) != 4:
+            raise ValueError(f"SpatialProduct needs 4-D bottoms, not {shape_text(features)} and {shape_text(weights)}")
+        if weights[1] not in (1, None):
+            raise ValueError(f"SpatialProduct's second bottom must have one channel, not {weights[1]}")
+        if not same_shape((features[0], features[2], features[3]), (weights[0], weights[2], weights[3])):
+            raise ValueError(f"SpatialProduct's bottoms must have the same batch, height and width: "
+                             f"{shape_text(features)} and {shape_text(weights)}")
+        return [features]
 
     def build(self, spec, bottoms, ctx):
         return CaffeSpatialProduct()

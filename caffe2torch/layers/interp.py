@@ -22,9 +22,18 @@ def interp_crop_and_resize(x, out_h: int, out_w: int, pad_beg: int, pad_end: int
     return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=True)
 
 
+def _four_axes(spec, shape) -> None:
+    if len(shape) != 4:
+        raise ValueError(f"{spec.type} needs a 4-D bottom (N, C, H, W), not {len(shape)}-D")
+
+
 @register("Interp")
 class InterpConverter(LayerConverter):
-    def check(self, spec, ctx):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def validate(self, spec, ctx):
+        """InterpLayer::LayerSetUp/Reshape's parameter CHECKs (pads <= 0, factors >= 1, one way to size)."""
         try:
             interp_output_size(17, 17, spec.param("interp_param"), ctx.dialect)
         except ValueError as exc:
@@ -32,6 +41,7 @@ class InterpConverter(LayerConverter):
         return []
 
     def output_shapes(self, spec, bottoms, ctx):
+        _four_axes(spec, bottoms[0])
         n, c, h, w = bottoms[0]
         out_h, out_w = interp_output_size(h, w, spec.param("interp_param"), ctx.dialect)
         return [(n, c, out_h, out_w)]
@@ -64,8 +74,12 @@ class CaffeInterp(CaffeLayer):
 class PaddingConverter(LayerConverter):
     """DeepLab v1 PADDING: out(h, w) = in(h - pad_beg, w - pad_beg); positive pads add zeros, negative crop."""
 
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
     def output_shapes(self, spec, bottoms, ctx):
         p = spec.param("padding_param")
+        _four_axes(spec, bottoms[0])
         n, c, h, w = bottoms[0]
         return [(n, c, padding_output_size(h, p["pad_beg"], p["pad_end"]),
                  padding_output_size(w, p["pad_beg"], p["pad_end"]))]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, count, register
 
 
 def _ignore_labels(spec) -> list[int]:
@@ -26,11 +26,13 @@ def _ignore_labels(spec) -> list[int]:
 @register("SoftmaxWithLoss")
 class SoftmaxWithLossConverter(LayerConverter):
     exportable = False
+    bottom_counts = (2, 2)  # (scores, labels)
+    top_counts = (1, 2)  # the loss, and optionally the probabilities
 
     def check(self, spec, ctx):
         problems = []
-        if len(spec.bottoms) != 2:
-            problems.append("SoftmaxWithLoss needs bottoms (scores, labels)")
+        if len(spec.tops) > 1:
+            problems.append("a second top (the softmax probabilities) is not supported")
         if spec.param("softmaxloss_param").get("weight_source"):
             problems.append("softmaxloss_param.weight_source (per-class loss weights from a file)")
         if spec.param("softmax_param").get("axis", 1) != 1:
@@ -73,8 +75,13 @@ class EuclideanLossConverter(LayerConverter):
     """Caffe: sum((a - b)^2) / (2 N)."""
 
     exportable = False
+    bottom_counts = (2, 2)
+    top_counts = (1, 1)
 
     def output_shapes(self, spec, bottoms, ctx):
+        a, b = (count(shape[1:]) for shape in bottoms)
+        if a is not None and b is not None and a != b:
+            raise ValueError(f"EuclideanLoss inputs must have the same dimension per sample ({a} vs {b})")
         return [()]
 
     def build(self, spec, bottoms, ctx):

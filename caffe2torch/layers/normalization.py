@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from caffe2torch.caffe_math import canonical_axis
-from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, count, register, shape_text
+from caffe2torch.limits import INT_MAX
 from caffe2torch.netspec import LayerSpec, Shape
 
 
@@ -30,6 +31,14 @@ def batchnorm_statistics(mean, variance, factor):
 
 @register("BatchNorm")
 class BatchNormConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def output_shapes(self, spec, bottoms, ctx):
+        if len(bottoms[0]) < 2:
+            raise ValueError(f"BatchNorm of a {len(bottoms[0])}-D blob is not supported (it needs N, C, ...)")
+        return [bottoms[0]]
+
     def _global_stats(self, spec: LayerSpec, phase: str) -> bool:
         # Caffe: use_global_stats defaults to true in TEST and false in TRAIN.
         return bool(spec.param("batch_norm_param").get("use_global_stats", phase == "test"))
@@ -86,20 +95,39 @@ def _param_shape(spec: LayerSpec, message: str, bottom: Shape) -> tuple[int, Sha
     axis = canonical_axis(p.get("axis", 1), len(bottom)) if bottom else 0
     num_axes = p.get("num_axes", 1)
     end = len(bottom) if num_axes == -1 else axis + num_axes
+    if end > len(bottom):
+        raise ValueError(f"{message}: axis {axis} + num_axes {num_axes} extends past the bottom's {len(bottom)} axes")
     return axis, tuple(bottom[axis:end])
 
 
 class _AffineConverter(LayerConverter):
-    message: str = ""
+    """Scale and Bias: the learned blob, or a second bottom, broadcast over bottom 0 from `axis`."""
 
-    def check(self, spec, ctx):
-        return [] if spec.param(self.message).get("num_axes", 1) >= -1 else [f"{self.message}.num_axes < -1"]
+    message: str = ""
+    bottom_counts = (1, 2)
+    top_counts = (1, 1)
+
+    def validate(self, spec, ctx):
+        num_axes = spec.param(self.message).get("num_axes", 1)
+        return [] if num_axes >= -1 else [f"{self.message}.num_axes={num_axes}: must be >= 0, or -1 for all"]
 
     def learned_shape(self, spec, bottoms) -> tuple[int, Shape]:
         if len(bottoms) > 1:
-            axis = canonical_axis(spec.param(self.message).get("axis", 1), len(bottoms[0]))
-            return axis, tuple(bottoms[1])
+            # ScaleLayer::Reshape: a scalar second bottom applies from axis 0; else its axes must equal
+            # bottom 0's from `axis` on.
+            factor = tuple(bottoms[1])
+            axis = 0 if not factor else canonical_axis(spec.param(self.message).get("axis", 1), len(bottoms[0]))
+            part = tuple(bottoms[0][axis : axis + len(factor)])
+            if len(part) != len(factor) or any(a is not None and b is not None and a != b
+                                               for a, b in zip(part, factor)):
+                raise ValueError(f"{spec.type}'s second bottom {shape_text(factor)} does not match the first bottom "
+                                 f"{shape_text(bottoms[0])} from axis {axis} on")
+            return axis, factor
         return _param_shape(spec, self.message, bottoms[0])
+
+    def output_shapes(self, spec, bottoms, ctx):
+        self.learned_shape(spec, bottoms)
+        return [bottoms[0]]
 
 
 @register("Scale")
@@ -172,9 +200,28 @@ class CaffeBias(CaffeLayer):
 class LRNConverter(LayerConverter):
     """Across channels: x / (k + alpha/n * sum(x^2 over n channels))^beta, torch's local_response_norm."""
 
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def validate(self, spec, ctx):
+        size = spec.param("lrn_param").get("local_size", 5)
+        return [] if size >= 1 and size % 2 == 1 else [f"lrn_param.local_size={size}: Caffe supports only odd sizes"]
+
     def check(self, spec, ctx):
         region = spec.param("lrn_param").get("norm_region", "ACROSS_CHANNELS")
         return [] if region == "ACROSS_CHANNELS" else [f"lrn_param.norm_region={region}"]
+
+    def output_shapes(self, spec, bottoms, ctx):
+        if len(bottoms[0]) != 4:
+            raise ValueError(f"LRN needs a 4-D bottom (N, C, H, W), not {len(bottoms[0])}-D")
+        # LRNLayer::Reshape makes a scratch blob of (1, C + size - 1, H, W): within Caffe's INT_MAX limit.
+        _, c, h, w = bottoms[0]
+        size = spec.param("lrn_param").get("local_size", 5)
+        scratch = count((1, None if c is None else c + size - 1, h, w))
+        if scratch is not None and scratch > INT_MAX:
+            raise ValueError(f"lrn_param.local_size={size}: Caffe's padded scratch blob of {scratch:,} elements "
+                             f"exceeds INT_MAX")
+        return [bottoms[0]]
 
     def build(self, spec, bottoms, ctx):
         p = spec.param("lrn_param")
@@ -183,10 +230,22 @@ class LRNConverter(LayerConverter):
         return CaffeLRN(size, alpha, beta, k)
 
 
+def lrn_window(size: int, alpha: float, channels: int) -> tuple[int, float]:
+    """(window, alpha) for torch's local_response_norm. A window wider than 2C + 1 channels sums every
+    channel for every output, like the window 2C + 1 with alpha scaled by the ratio (torch divides by the
+    window size); without this, torch would pad the input by size/2 zero channels (terabytes for a hostile
+    local_size). Real nets (size 5) keep their exact arguments."""
+    widest = 2 * channels + 1
+    if size <= widest:
+        return size, alpha
+    return widest, alpha * widest / size
+
+
 class CaffeLRN(CaffeLayer):
     def __init__(self, size, alpha, beta, k):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x):
-        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        size, alpha = lrn_window(self.size, self.alpha, x.shape[1])
+        return F.local_response_norm(x, size, alpha, self.beta, self.k)

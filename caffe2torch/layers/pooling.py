@@ -9,7 +9,7 @@ import math
 import torch.nn.functional as F
 
 from caffe2torch.caffe_math import pool_output_size
-from caffe2torch.layers.pooling_mask import CaffeMaxPoolingWithMask, mask_top_problems
+from caffe2torch.layers.pooling_mask import CaffeMaxPoolingWithMask
 from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
 from caffe2torch.netspec import LayerSpec
 
@@ -25,6 +25,44 @@ def torch_ceil_pool_size(size: int, kernel: int, pad: int, stride: int) -> int:
 
 @register("Pooling")
 class PoolingConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def counts(self, spec):
+        # MAX pooling may have a second top, the argmax mask (PoolingLayer::MaxTopBlobs).
+        method = spec.param("pooling_param").get("pool", "MAX")
+        return self.bottom_counts, (1, 2) if method == "MAX" else self.top_counts
+
+    def validate(self, spec, ctx):
+        """PoolingLayer::LayerSetUp's CHECKs, and a stride of 0, which Caffe divides by."""
+        p = spec.param("pooling_param")
+        kernel, pad, stride = p.get("kernel", [None, None]), p.get("pad", [0, 0]), p.get("stride", [1, 1])
+        problems = []
+        if min(stride) < 1:
+            problems.append(f"stride {stride[0]}x{stride[1]}: every stride must be > 0")
+        if min(pad) < 0:
+            problems.append(f"pad {pad[0]}x{pad[1]}: must not be negative")
+        if p.get("global_pooling"):
+            if kernel != [None, None]:
+                problems.append("global_pooling with a kernel size (the window is the whole input)")
+            if any(pad) or any(s != 1 for s in stride):
+                problems.append("global_pooling allows only pad 0 and stride 1")
+            return problems
+        if None in kernel:
+            problems.append("pooling_param needs kernel_size (or kernel_h and kernel_w) or global_pooling")
+            return problems
+        if min(kernel) < 1:
+            problems.append(f"kernel size {kernel[0]}x{kernel[1]}: Caffe requires filter dimensions > 0")
+            return problems
+        if any(pad):
+            if p.get("pool", "MAX") not in ("MAX", "AVE"):
+                problems.append(f"padding with pool: {p['pool']} (Caffe pads only AVE and MAX pooling)")
+            for k, q in zip(kernel, pad):
+                if q >= k:
+                    problems.append(f"pad {q} >= kernel {k} (Caffe requires pad < kernel)")
+                    break
+        return problems
+
     def _geometry(self, spec: LayerSpec, height=None, width=None):
         p = spec.param("pooling_param")
         if p.get("global_pooling"):
@@ -33,29 +71,23 @@ class PoolingConverter(LayerConverter):
 
     def check(self, spec, ctx):
         p = spec.param("pooling_param")
-        problems = mask_top_problems(spec)  # a second top: MAX pooling's mask (layers/pooling_mask.py)
+        problems = []
         method = p.get("pool", "MAX")
         if method not in ("MAX", "AVE"):
             problems.append(f"pool: {method} (only MAX and AVE are defined at test time)")
         if p.get("round_mode", "CEIL") != "CEIL":
             # Upstream's round_mode (not in the DeepLab forks, which always ceil): FLOOR sizes are not implemented.
             problems.append(f"round_mode: {p['round_mode']} (only CEIL, Caffe's default, is implemented)")
-        if p.get("global_pooling"):
-            if any(p["pad"]) or any(s != 1 for s in p["stride"]):
-                problems.append("global pooling with pad or stride")
+        if p.get("global_pooling") or None in p.get("kernel", [None]):
             return problems
-        kernel, pad = p["kernel"], p["pad"]
-        if None in kernel:
-            problems.append("pooling_param needs kernel_size (or kernel_h and kernel_w) or global_pooling")
-            return problems
-        for k, q in zip(kernel, pad):
-            if q >= k:
-                problems.append(f"pad {q} >= kernel {k} (Caffe requires pad < kernel)")
-            elif 2 * q > k:
+        for k, q in zip(p["kernel"], p["pad"]):
+            if 0 < k < 2 * q < 2 * k:
                 problems.append(f"pad {q} > kernel/2 ({k}); torch pooling cannot express it")
         return problems
 
     def output_shapes(self, spec, bottoms, ctx):
+        if len(bottoms[0]) != 4:
+            raise ValueError(f"Pooling needs a 4-D bottom (N, C, H, W), not {len(bottoms[0])}-D")
         n, c, h, w = bottoms[0]
         kernel, stride, pad = self._geometry(spec, h, w)
         if spec.param("pooling_param").get("global_pooling"):

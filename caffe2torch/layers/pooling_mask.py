@@ -29,11 +29,3 @@ class CaffeMaxPoolingWithMask(CaffeLayer):
 
     def extra_repr(self) -> str:
         return f"MAX with mask, kernel={self.kernel or 'global'}, stride={self.stride}, pad={self.pad}, ceil"
-
-
-def mask_top_problems(spec) -> list[str]:
-    """Caffe's PoolingLayer makes a second top only for MAX (MaxTopBlobs: 2 for MAX, else 1)."""
-    method = spec.param("pooling_param").get("pool", "MAX")
-    if len(spec.tops) > 2 or (len(spec.tops) == 2 and method != "MAX"):
-        return [f"{method} pooling with {len(spec.tops)} tops (only MAX pooling makes a second top, its mask)"]
-    return []

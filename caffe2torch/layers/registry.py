@@ -1,8 +1,12 @@
 """The layer registry: one converter per Caffe layer type, registered by a decorator.
 
-A converter knows four things about its type, so each Caffe rule lives in one place:
+A converter knows these things about its type, so each Caffe rule lives in one place:
+- `bottom_counts` / `top_counts` / `equal_bottoms_tops` / `in_place`: how many bottoms and tops Caffe's layer
+  takes (its ExactNum/Min/Max{Bottom,Top}Blobs), checked centrally by `shapes.check_definitions`;
+- `validate`: parameter values Caffe itself refuses (its LayerSetUp CHECKs): the net is invalid;
 - `check`: parameter values we cannot reproduce exactly (collected for every layer, reported once);
 - `output_shapes`: Caffe's shape rule, on plain ints (None = unknown), used by `deeplab-info` and the build;
+  it raises ValueError where Caffe's Reshape CHECKs fail (unequal Concat maps, crops past the end...);
 - `blob_shapes`: the parameter blobs a caffemodel must hold for the layer, in Caffe's order;
 - `build`: the torch module, a `CaffeLayer`, which loads those blobs.
 V1 enum names (CONVOLUTION, INTERP, ...) resolve to the same entries through `upgrade.V1_LAYER_TYPES`.
@@ -10,6 +14,7 @@ V1 enum names (CONVOLUTION, INTERP, ...) resolve to the same entries through `up
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -49,10 +54,29 @@ class CaffeLayer(nn.Module):
         return [getattr(self, name).detach().cpu().numpy().copy() for name in self.blob_names]
 
 
+Counts = tuple[int, int | None]
+
+
 class LayerConverter:
     type: ClassVar[str]
     # Whether the ONNX export can lower this layer (DenseCRF cannot).
     exportable: ClassVar[bool] = True
+    # (min, max) bottoms and tops, max None = any number: Caffe's ExactNum/Min/Max{Bottom,Top}Blobs. Every
+    # converter declares both (a test checks it); None means "not declared" and is not checked.
+    bottom_counts: ClassVar[Counts | None] = None
+    top_counts: ClassVar[Counts | None] = None
+    # Caffe's EqualNumBottomTopBlobs (Convolution: one top per bottom).
+    equal_bottoms_tops: ClassVar[bool] = False
+    # False where Caffe's layer CHECKs that no top is its bottom ("does not allow in-place computation").
+    in_place: ClassVar[bool] = True
+
+    def counts(self, spec: LayerSpec) -> tuple[Counts | None, Counts | None]:
+        """(bottom, top) counts for this layer; a converter whose counts depend on a parameter overrides it."""
+        return self.bottom_counts, self.top_counts
+
+    def validate(self, spec: LayerSpec, ctx: BuildContext) -> list[str]:
+        """Parameter values Caffe refuses in LayerSetUp, as messages; the net is invalid, not just unsupported."""
+        return []
 
     def check(self, spec: LayerSpec, ctx: BuildContext) -> list[str]:
         """Unsupported parameter values, as messages; empty when the layer converts exactly."""
@@ -106,6 +130,44 @@ def param_bool(spec: LayerSpec, message: str, key: str, default: bool) -> bool:
 
 
 def count(shape: Shape) -> int | None:
+    """Elements of a shape (None if a dimension is unknown), in Python integers: no int64 wrap-around."""
     if any(d is None for d in shape):
         return None
-    return int(np.prod(shape)) if shape else 1
+    return math.prod(int(d) for d in shape)  # type: ignore[arg-type]
+
+
+def count_problems(converter: LayerConverter, spec: LayerSpec) -> list[str]:
+    """Caffe's CheckBlobCounts and in-place rules for one layer, as messages."""
+    problems = []
+    bottoms, tops = converter.counts(spec)
+    for what, have, limits in (("bottom", len(spec.bottoms), bottoms), ("top", len(spec.tops), tops)):
+        if limits is None:
+            continue
+        low, high = limits
+        if low <= have and (high is None or have <= high):
+            continue
+        if low == high:
+            wanted, plural = f"exactly {low}", low != 1
+        elif high is None:
+            wanted, plural = f"at least {low}", low != 1
+        else:
+            wanted, plural = f"{low} to {high}", True
+        verb = "takes" if what == "bottom" else "makes"
+        problems.append(f"{spec.type} {verb} {wanted} {what}{'s' if plural else ''}; this layer has {have}")
+    if converter.equal_bottoms_tops and len(spec.bottoms) != len(spec.tops):
+        problems.append(f"{spec.type} makes one top per bottom; this layer has {len(spec.bottoms)} bottoms "
+                        f"and {len(spec.tops)} tops")
+    if not converter.in_place:
+        shared = [t for t in spec.tops if t in spec.bottoms]
+        if shared:
+            problems.append(f"{spec.type} does not allow in-place computation (top '{shared[0]}' is also a bottom)")
+    return problems
+
+
+def same_shape(a: Shape, b: Shape) -> bool:
+    """Equal shapes, unknown (None) dimensions matching anything."""
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def shape_text(shape: Shape) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape) if shape else "(scalar)"

@@ -5,11 +5,18 @@ from __future__ import annotations
 import torch
 
 from caffe2torch.caffe_math import canonical_axis
-from caffe2torch.layers.registry import CaffeLayer, LayerConverter, register
+from caffe2torch.layers.registry import CaffeLayer, LayerConverter, count, register
 
 
 @register("Softmax")
 class SoftmaxConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def output_shapes(self, spec, bottoms, ctx):
+        canonical_axis(spec.param("softmax_param").get("axis", 1), len(bottoms[0]))
+        return [bottoms[0]]
+
     def build(self, spec, bottoms, ctx):
         return CaffeSoftmax(canonical_axis(spec.param("softmax_param").get("axis", 1), len(bottoms[0])))
 
@@ -37,23 +44,40 @@ def caffe_topk(x: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.T
     return values, index
 
 
+def argmax_flat_shape(ndim: int, batch, top_k: int, out_max_val: bool) -> tuple:
+    """ArgMaxLayer::Reshape without an axis: max(ndim, 3) axes of 1, then (N, 1 or 2, top_k)."""
+    shape = [1] * max(ndim, 3)
+    shape[0], shape[1], shape[2] = batch, 2 if out_max_val else 1, top_k
+    return tuple(shape)
+
+
 @register("ArgMax")
 class ArgMaxConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
     def _params(self, spec):
         p = spec.param("argmax_param")
         return p.get("axis"), int(p.get("top_k", 1)), bool(p.get("out_max_val", False))
 
-    def check(self, spec, ctx):
+    def validate(self, spec, ctx):
         _, top_k, _ = self._params(spec)
-        return [] if top_k >= 1 else ["argmax_param.top_k must be >= 1"]
+        return [] if top_k >= 1 else [f"argmax_param.top_k={top_k}: must be >= 1"]
 
     def output_shapes(self, spec, bottoms, ctx):
+        """ArgMaxLayer::LayerSetUp/Reshape: top_k at most the size it ranks over."""
         axis, top_k, out_max_val = self._params(spec)
         shape = list(bottoms[0])
         if axis is None:
-            # Without an axis Caffe works on the flattened C*H*W of each sample: (N, 1 or 2, top_k, 1).
-            return [(shape[0], 2 if out_max_val else 1, top_k, 1)]
-        shape[canonical_axis(axis, len(shape))] = top_k
+            # Without an axis Caffe works on the flattened C*H*W of each sample: (N, 1 or 2, top_k[, 1...]).
+            ranked = count(shape[1:])
+            if ranked is not None and top_k > ranked:
+                raise ValueError(f"argmax_param.top_k={top_k} exceeds the {ranked} values of each sample")
+            return [argmax_flat_shape(len(shape), shape[0], top_k, out_max_val)]
+        axis = canonical_axis(axis, len(shape))
+        if shape[axis] is not None and top_k > shape[axis]:
+            raise ValueError(f"argmax_param.top_k={top_k} exceeds the size {shape[axis]} of axis {axis}")
+        shape[axis] = top_k
         return [tuple(shape)]
 
     def build(self, spec, bottoms, ctx):
@@ -73,9 +97,10 @@ class CaffeArgMax(CaffeLayer):
         if self.axis is None:
             flat = x.reshape(x.shape[0], -1)
             values, index = caffe_topk(flat, self.top_k, 1)
-            index = index.to(x.dtype).reshape(x.shape[0], 1, self.top_k, 1)
+            flat = argmax_flat_shape(x.dim(), x.shape[0], self.top_k, False)
+            index = index.to(x.dtype).reshape(flat)
             if self.out_max_val:
-                return torch.cat([index, values.reshape(x.shape[0], 1, self.top_k, 1)], dim=1)
+                return torch.cat([index, values.reshape(flat)], dim=1)
             return index
         values, index = caffe_topk(x, self.top_k, self.axis)
         return values if self.out_max_val else index.to(x.dtype)
