@@ -29,10 +29,10 @@ def context_of(spec: NetSpec) -> BuildContext:
     return BuildContext(dialect=spec.dialect, phase=spec.phase)
 
 
-def check_definitions(spec: NetSpec) -> None:
-    """Raise one InvalidNetError listing every layer Caffe itself would refuse before running: wrong bottom or
-    top counts for its type, in-place use where the type forbids it, parameter values its LayerSetUp CHECKs.
-    Unknown types are left to check_supported."""
+def definition_problems(spec: NetSpec) -> list[tuple[Location, str]]:
+    """Every layer Caffe itself would refuse before running: wrong bottom or top counts for its type, in-place
+    use where the type forbids it, parameter values its LayerSetUp CHECKs. Unknown types are left to
+    support_problems."""
     ctx = context_of(spec)
     problems: list[tuple[Location, str]] = []
     for layer in spec.layers:
@@ -42,6 +42,12 @@ def check_definitions(spec: NetSpec) -> None:
         where = layer_location(spec, layer)
         problems += [(where, message) for message in count_problems(converter, layer)]
         problems += [(where, message) for message in converter.validate(layer, ctx)]
+    return problems
+
+
+def check_definitions(spec: NetSpec) -> None:
+    """Raise one InvalidNetError listing every layer Caffe itself would refuse (definition_problems)."""
+    problems = definition_problems(spec)
     if problems:
         raise InvalidNetError(problems, spec.source)
 
@@ -59,8 +65,8 @@ def check_input_shapes(spec: NetSpec) -> None:
                                      where)
 
 
-def check_supported(spec: NetSpec) -> None:
-    """Raise one UnsupportedError listing every unknown layer type and unsupported parameter value."""
+def support_problems(spec: NetSpec) -> list[tuple[Location, str]]:
+    """Every unknown layer type, field no schema has, and parameter value we cannot reproduce exactly."""
     ctx = context_of(spec)
     problems: list[tuple[Location, str]] = []
     for layer in spec.layers:
@@ -73,8 +79,28 @@ def check_supported(spec: NetSpec) -> None:
             problems.append((where, f"unknown or unsupported layer type '{layer.type}'"))
             continue
         problems += [(where, message) for message in converter.check(layer, ctx)]
+    return problems
+
+
+def check_supported(spec: NetSpec) -> None:
+    """Raise one UnsupportedError listing every unknown layer type and unsupported parameter value."""
+    problems = support_problems(spec)
     if problems:
         raise UnsupportedError(problems, spec.source)
+
+
+def check_layers(spec: NetSpec) -> None:
+    """The one error for every layer that stops the conversion, in file order: an UnsupportedError when we
+    cannot convert something (listing, beside it, what Caffe itself would refuse), an InvalidNetError when
+    the only problems are ones Caffe refuses too."""
+    invalid = definition_problems(spec)
+    unsupported = support_problems(spec)
+    if unsupported:
+        both = unsupported + [(where, f"{message} (Caffe refuses this too)") for where, message in invalid]
+        both.sort(key=lambda item: item[0].line if item[0].line is not None else -1)
+        raise UnsupportedError(both, spec.source)
+    if invalid:
+        raise InvalidNetError(invalid, spec.source)
 
 
 @dataclass
@@ -110,8 +136,7 @@ def infer_shapes(spec: NetSpec, check: bool = True) -> ShapeReport:
     """Propagate the inputs' shapes through every layer with Caffe's rules (None = unknown dimension)."""
     if check:
         check_graph(spec)
-        check_definitions(spec)
-        check_supported(spec)
+        check_layers(spec)
     check_input_shapes(spec)
     ctx = context_of(spec)
     report = ShapeReport()

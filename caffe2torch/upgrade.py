@@ -95,6 +95,7 @@ def to_raw_net(parsed: ParsedPrototxt) -> RawNet:
     for index, layer in enumerate(layers):
         layer["line"] = parsed.layer_lines[index] if index < len(parsed.layer_lines) else None
         layer["v1"] = "layers" in msg
+        layer["_source"] = parsed.source  # for errors raised where only the layer is at hand
     return RawNet(
         name=msg.get("name", ""),
         dialect=parsed.dialect,
@@ -386,10 +387,7 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
         param = layer.get("dummy_data_param", {})
         shapes = [tuple(s.get("dim", [])) for s in param.get("shape", [])]
         if not shapes and param.get("num"):
-            shapes = [
-                (param["num"][i], param["channels"][i], param["height"][i], param["width"][i])
-                for i in range(len(param["num"]))
-            ]
+            shapes = dummy_data_legacy_shapes(param, layer)
         if len(shapes) == 1:
             shapes = shapes * len(tops)
         return shapes + [(None,)] * (len(tops) - len(shapes))
@@ -434,6 +432,19 @@ def dense_image_data_shapes(layer: dict[str, Any]) -> list[Shape]:
     batch = param.get("batch_size")
     channels = 3 if param.get("is_color", True) else 1
     return [(batch, channels, height, width), (batch, 1, height, width)][: len(layer.get("top", []))]
+
+
+def dummy_data_legacy_shapes(param: dict[str, Any], layer: dict[str, Any]) -> list[Shape]:
+    """DummyData's legacy num/channels/height/width lists: Caffe's DummyDataLayer takes each list with one
+    value (shared by every top) or one value per top, and all four present."""
+    tops = len(layer.get("top", []))
+    lists = {key: list(param.get(key, [])) for key in ("num", "channels", "height", "width")}
+    for key, values in lists.items():
+        if len(values) not in (1, tops):
+            raise NetDefinitionError(f"dummy_data_param.{key} has {len(values)} value(s); give one, or one per top "
+                                     f"({tops})", Location(layer.get("_source"), layer.get("line"),
+                                                           layer=layer.get("name"), layer_type="DummyData"))
+    return [tuple(values[i if len(values) > 1 else 0] for values in lists.values()) for i in range(tops)]
 
 
 def _check_input_overrides(overrides: dict[str, Shape] | None, names: list[str], source: str | None) -> None:

@@ -448,9 +448,6 @@ def test_memory_cap_catches_an_absurd_allocation():
         only_caffe_errors(lambda: torch.empty(2 << 30, dtype=torch.float32).fill_(1))
 
 
-@pytest.mark.xfail(strict=True, raises=(KeyError, IndexError),
-                   reason="upgrade._data_layer_shapes indexes DummyData's legacy num/channels/height/width lists "
-                          "without checking their lengths (found by fuzzing; upgrade.py is outside this change)")
 def test_dummy_data_with_incomplete_legacy_dims():
     check_prototxt('layer { name: "d" type: "DummyData" top: "t0" dummy_data_param { num: 1 } }\n'
                    'layer { name: "r" type: "ReLU" bottom: "t0" top: "r" }\n')

@@ -12,12 +12,12 @@ import pytest
 
 from caffe2torch.caffe_math import interp_output_size, pool_average_divisors, pool_output_size
 from caffe2torch.caffemodel import WeightsLayer, write_caffemodel
-from caffe2torch.errors import NetDefinitionError, UnsupportedError
+from caffe2torch.errors import InvalidNetError, NetDefinitionError, UnsupportedError
 from caffe2torch.layers.upsample import upsample_output_size
 from caffe2torch.net import build_net
 from caffe2torch.parse import parse_prototxt_text
 from caffe2torch.pipeline import convert, verify_onnx
-from caffe2torch.shapes import check_supported, infer_shapes
+from caffe2torch.shapes import check_definitions, check_supported, infer_shapes
 from caffe2torch.upgrade import upgrade_net
 
 from .conftest import net_from_text, run_net, spec_from_text
@@ -88,8 +88,8 @@ def test_pool_mask_of_global_pooling():
 
 def test_only_max_pooling_makes_a_mask():
     spec = spec_from_text(pool_mask_net(2, 2, method="AVE"), input_shapes={"data": (1, 1, 4, 4)})
-    with pytest.raises(UnsupportedError, match=r"AVE pooling with 2 tops \(only MAX pooling makes a second top"):
-        check_supported(spec)
+    with pytest.raises(InvalidNetError, match=r"Pooling makes exactly 1 top; this layer has 2"):
+        check_definitions(spec)
 
 
 # ---- SegNet's Upsample ----
@@ -222,8 +222,8 @@ def test_segnet_bn_learn_normalises_by_the_batch_in_every_phase(tmp_path):
 def test_segnet_bn_extra_tops_need_learn_mode():
     text = segnet_net('layer { name: "bn" type: "BN" bottom: "data" top: "bn" top: "m" top: "v" '
                       'bn_param { bn_mode: INFERENCE } }')
-    with pytest.raises(UnsupportedError, match=r"BN with 3 tops in INFERENCE mode \(it makes at most 1: the output\)"):
-        check_supported(spec_from_text(text, input_shapes={"data": (1, 2, 1, 2)}))
+    with pytest.raises(InvalidNetError, match=r"BN makes exactly 1 top; this layer has 3"):
+        check_definitions(spec_from_text(text, input_shapes={"data": (1, 2, 1, 2)}))
 
 
 # ---- PSPNet's BN ----

@@ -63,6 +63,15 @@ def segnet_batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 @register("BN")
 class ForkBNConverter(LayerConverter):
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def counts(self, spec):
+        # SegNet's BNLayer::MaxTopBlobs: 3 in LEARN mode (the output, batch mean and variance), else 1.
+        if bn_kind(spec) == SCALE_SHIFT and spec.param("bn_param").get("bn_mode", "LEARN") == "LEARN":
+            return self.bottom_counts, (1, 3)
+        return self.bottom_counts, self.top_counts
+
     def check(self, spec, ctx):
         kind = bn_kind(spec)
         p = spec.param("bn_param")
@@ -72,14 +81,8 @@ class ForkBNConverter(LayerConverter):
             mode = p.get("bn_mode", "LEARN")
             if mode not in ("LEARN", "INFERENCE"):
                 return [f"bn_param.bn_mode: {mode}"]
-            # BNLayer::MaxTopBlobs: 3 in LEARN mode (the batch mean and variance), else 1
-            if len(spec.tops) > (3 if mode == "LEARN" else 1):
-                return [f"BN with {len(spec.tops)} tops in {mode} mode (it makes at most "
-                        f"{3 if mode == 'LEARN' else 1}: the output{', batch mean and variance' * (mode == 'LEARN')})"]
             return []
         problems = []
-        if len(spec.tops) != 1:
-            problems.append(f"PSPNet BN with {len(spec.tops)} tops (it makes one)")
         if ctx.phase == "train" and not p.get("frozen", False):
             problems.append("PSPNet BN in TRAIN phase without frozen: it normalises by the batch and updates its "
                             "moving averages, which the converted net does not do (convert for TEST)")

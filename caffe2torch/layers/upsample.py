@@ -54,11 +54,11 @@ def upsample_output_size(height: int | None, width: int | None, param: dict) -> 
 
 @register("Upsample")
 class UpsampleConverter(LayerConverter):
+    bottom_counts = (2, 2)  # data, pooling mask
+    top_counts = (1, 1)
+
     def check(self, spec, ctx):
         problems = []
-        if len(spec.bottoms) != 2 or len(spec.tops) != 1:
-            problems.append(f"Upsample takes two bottoms (data, pooling mask) and makes one top; this one has "
-                            f"{len(spec.bottoms)} and {len(spec.tops)}")
         try:
             upsample_geometry(spec.param("upsample_param"))
         except ValueError as exc:
