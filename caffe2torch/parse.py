@@ -29,12 +29,11 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from caffe2torch import limits
 from caffe2torch.dialects import DIALECTS, Dialect, detect_dialect, dialect_title, get_dialect
 from caffe2torch.errors import Location, PrototxtError
+from caffe2torch.paths import require_file, sniff
 from caffe2torch.textproto import Scalar, TextField, TextMessage, read_text_message, tokens
-
-# Far above any real net definition (the 101-layer MSC ResNet is 0.4 MB); bounds what a text file may cost.
-MAX_PROTOTXT_BYTES = 64 << 20
 
 # Kept for callers that show a dialect's title by name.
 DIALECT_TITLES = {name: dialect.title for name, dialect in DIALECTS.items()}
@@ -417,19 +416,21 @@ def parse_prototxt_text(
 def parse_prototxt(
     path: str | Path, defines: dict[str, str] | None = None, dialect: str | None = None
 ) -> ParsedPrototxt:
-    path = Path(path)
+    """Parse a prototxt file: a regular file (not a folder or FIFO) of sane size, text and not some other
+    format (a caffemodel, an image, an artifact), checked before it is read whole."""
+    path = require_file(path, "a prototxt", PrototxtError)
+    size, kind = path.stat().st_size, sniff(path)
+    if size > limits.MAX_PROTOTXT_BYTES:
+        raise PrototxtError(f"{limits.human_bytes(size)}: over the {limits.human_bytes(limits.MAX_PROTOTXT_BYTES)} a "
+                            f"prototxt may take (the largest DeepLab prototxt has 0.4 MB)"
+                            + (f"; it looks like {kind}" if kind else ""), Location(str(path)))
+    if kind and not kind.startswith("a text file"):
+        raise PrototxtError(f"not a text prototxt: it looks like {kind}", Location(str(path)))
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_PROTOTXT_BYTES + 1)
-    except FileNotFoundError:
-        raise PrototxtError("no such file", Location(file=str(path))) from None
-    except IsADirectoryError:
-        raise PrototxtError("is a folder, not a prototxt file", Location(file=str(path))) from None
+            data = handle.read(limits.MAX_PROTOTXT_BYTES + 1)
     except OSError as exc:
         raise PrototxtError(f"cannot read: {exc.strerror}", Location(file=str(path))) from None
-    if len(data) > MAX_PROTOTXT_BYTES:
-        raise PrototxtError(f"larger than {MAX_PROTOTXT_BYTES >> 20} MB: not a net definition (a binary "
-                            ".caffemodel goes in the CAFFEMODEL argument)", Location(file=str(path)))
     text, notes = decode_prototxt(data, str(path))
     parsed = parse_prototxt_text(text, source=str(path), defines=defines, dialect=dialect)
     parsed.warnings[:0] = notes

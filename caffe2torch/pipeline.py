@@ -14,15 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caffe2torch import limits
 from caffe2torch.caffemodel import CaffeModel, read_caffemodel
-from caffe2torch.errors import CaffeError, Location, NetDefinitionError, PrototxtError, WeightsMismatchError
+from caffe2torch.errors import CaffeError, Location, NetDefinitionError, WeightsMismatchError
 from caffe2torch.layers.registry import shape_text
 from caffe2torch.load_weights import LoadReport, load_plan, match_weights
 from caffe2torch.net import CaffeNet, build_net
 from caffe2torch.netspec import NetSpec, Shape
 from caffe2torch.parse import parse_prototxt
-from caffe2torch.paths import require_file, sniff
 from caffe2torch.shapes import check_blobs_budget, check_input_shapes, check_weights_budget, infer_shapes
 from caffe2torch.upgrade import upgrade_net
 from caffe2torch.verify import DEFAULT_TOLERANCE, VerifyReport, compare_blobs
@@ -38,23 +36,10 @@ def read_net(
 ) -> NetSpec:
     """Parse and upgrade a prototxt of any dialect into a NetSpec: for inference (`deploy`, the default:
     training-only layers dropped and listed) or with its losses, to fine-tune in PyTorch."""
-    check_prototxt_file(prototxt)
     parsed = parse_prototxt(prototxt, defines=dict(defines or {}), dialect=dialect)
     spec = upgrade_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}), deploy=deploy)
     check_input_shapes(spec)  # an absurd input_dim or --input-shape is refused here, before anything else
     return spec
-
-
-def check_prototxt_file(path: str | Path) -> None:
-    """Before parsing: a regular file of sane size (the parser reads it whole), and not binary weights."""
-    path = require_file(path, "a prototxt", PrototxtError)
-    size, kind = path.stat().st_size, sniff(path)
-    if size > limits.MAX_PROTOTXT_BYTES:
-        raise PrototxtError(f"{limits.human_bytes(size)}: over the {limits.human_bytes(limits.MAX_PROTOTXT_BYTES)} a "
-                            f"prototxt may take (the largest DeepLab prototxt has 0.3 MB)"
-                            + (f"; it looks like {kind}" if kind else ""), Location(str(path)))
-    if kind and not kind.startswith("a text file"):
-        raise PrototxtError(f"not a text prototxt: it looks like {kind}", Location(str(path)))
 
 
 def set_input_shapes(spec: NetSpec, shapes: Mapping[str, Shape]) -> NetSpec:

@@ -201,3 +201,17 @@ def test_byte_order_mark_and_non_utf8_comments(tmp_path):
     assert parse_prototxt(tmp_path / "bom.prototxt").net["input"] == ["data"]
     parsed = parse_prototxt(tmp_path / "gbk.prototxt")
     assert parsed.net["input_dim"] == [1, 3, 5, 5] and "Latin-1" in parsed.warnings[0]
+
+
+@pytest.mark.parametrize("change, message", [
+    ("bi_w: 4 bi_xy_std: 20 bi_rgb_std: 5", "no bilateral kernel"),
+    ('bottom: "data" top: "crf"', r"must be \(N, 3, H, W\)"),
+])
+def test_densecrf_layer_checks_deeplab_makes(change, message):
+    text = MEMORY_DATA_CRF
+    if "bi_w" in change:
+        text = text.replace(change, "")
+    else:
+        text = text.replace("channels: 3", "channels: 4")
+    with pytest.raises(Exception, match=message):
+        infer_shapes(spec_from_text(text))

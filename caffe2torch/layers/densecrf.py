@@ -49,10 +49,33 @@ class DenseCRFConverter(LayerConverter):
     bottom_counts = (2, 3)  # scores, data_dim[, data]
     top_counts = (1, 1)
 
+    def validate(self, spec, ctx):
+        """DenseCRFLayer::LayerSetUp: with the image as third bottom, a bilateral kernel must be given."""
+        p = spec.param("dense_crf_param")
+        if len(spec.bottoms) == 3 and not p.get("bi_w"):
+            return ["the image is a bottom, but no bilateral kernel is given (bi_w, bi_xy_std, bi_rgb_std): "
+                    "DeepLab's DenseCRF refuses that"]
+        return []
+
+    def output_shapes(self, spec, bottoms, ctx):
+        """DenseCRFLayer::Reshape: one data_dim (and image) per score map, an image of 3 channels and the
+        scores' height and width."""
+        scores = bottoms[0]
+        if len(scores) != 4:
+            raise ValueError(f"the scores must be 4-D (N, C, H, W), not {len(scores)}-D")
+        for index, other in enumerate(bottoms[1:], start=1):
+            if other and None not in (other[0], scores[0]) and other[0] != scores[0]:
+                raise ValueError(f"bottom {index} holds {other[0]} item(s) for {scores[0]} score map(s)")
+        if len(bottoms) == 3:
+            image = bottoms[2]
+            if len(image) != 4 or image[1] not in (3, None):
+                raise ValueError(f"the image bottom must be (N, 3, H, W), not {tuple(image)}")
+            if any(a is not None and b is not None and a != b for a, b in zip(image[2:], scores[2:])):
+                raise ValueError(f"the image is {image[2]}x{image[3]} but the scores are {scores[2]}x{scores[3]}")
+        return [scores]
+
     def check(self, spec, ctx):
         problems = crf_params_from_layer(spec.param("dense_crf_param")).validate()
-        if len(spec.bottoms) not in (2, 3):
-            problems.append("DenseCRF needs bottoms (scores, data_dim[, data])")
         try:
             import pydensecrf.densecrf  # noqa: F401
         except ImportError:
