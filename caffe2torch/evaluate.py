@@ -4,16 +4,17 @@ Inference is the runner's (DeepLab's preprocessing, the net's own upsampling, cr
 CRF the same logits give both results in one pass. Scores come from one dataset-level confusion matrix per
 variant (metrics.py). Per-image predictions are palette PNGs written atomically under RESULTS/predictions/;
 they are also the run's state: an interrupted run resumes by scoring the predictions already on disk, and a
-kill at any moment leaves no corrupt file (a `.part` file is never read back).
+kill at any moment leaves no corrupt file (a `.part` file is never read back). Each image's own mIoU is kept
+(a float per variant) to choose the panels of the worst images (eval_report.py); on resume it is computed
+again from the saved predictions.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,9 @@ import numpy as np
 from caffe2torch.batch import BatchPool, describe_failure
 from caffe2torch.crf import CRFParams, check_scores, crf_probabilities
 from caffe2torch.errors import CaffeError, Location, OutputError
-from caffe2torch.images import DEFAULT_MAX_PIXELS, overlay, read_image, read_label_image, write_label_png, write_rgb_png
+from caffe2torch.images import DEFAULT_MAX_PIXELS, read_image, read_label_image, write_label_png
 from caffe2torch.metrics import Scores, confusion_matrix, scores_from_confusion
+from caffe2torch.progress import Progress, Silent
 from caffe2torch.runner import crf_image, softmax
 
 # A list file larger than this is refused before it is read (VOC's largest, train_aug, is 0.6 MB).
@@ -203,6 +205,20 @@ class EvalResult:
     images: int
     skipped: list[str] = field(default_factory=list)
     resumed: int = 0
+    # Each scored image's own mIoU per variant (None: no scored pixel), in the order of the samples.
+    per_image: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # Where each variant's label PNGs are, to draw panels from ({"no_crf": RESULTS/predictions/no_crf, ...}).
+    prediction_dirs: dict[str, Path] = field(default_factory=dict)
+
+
+def image_miou(matrix: np.ndarray) -> float | None:
+    """One image's mIoU (over the classes in its ground truth or prediction), None when no pixel is scored."""
+    return scores_from_confusion(matrix).miou if matrix.sum() else None
+
+
+def _ordered(per_image: dict[str, dict[str, float | None]], samples: list[Sample]) -> dict:
+    """Per-image scores in the order of the samples (workers finish out of order)."""
+    return {s.id: per_image[s.id] for s in samples if s.id in per_image}
 
 
 def evaluate_model(
@@ -214,42 +230,52 @@ def evaluate_model(
     logits_fn: Callable[[object, np.ndarray], np.ndarray] | None = None,
     jobs: int = 1,
     resume: bool = True,
-    overlays: int = 5,
-    progress: Callable[[Iterable], Iterable] = lambda x: x,
+    progress: Progress | None = None,
     crf_device: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> EvalResult:
     """Run the model on every sample and score it, with and without CRF when `crf` is given. Any failure of
     one sample (unreadable image or label, an error of the net or the CRF, a worker that dies) skips that
-    sample with a message; a write that fails for the whole folder (disk full) stops the run (OutputError)."""
+    sample with a message; a write that fails for the whole folder (disk full) stops the run (OutputError).
+    `progress` (progress.Progress) is told of each image when it is scored or skipped."""
     from caffe2torch.runner import image_logits
 
     logits_fn = logits_fn or (lambda b, rgb: image_logits(b, rgb))
+    progress = progress or Silent()
     out = Path(out)
     variants = ("no_crf", "crf") if crf is not None else ("no_crf",)
     totals = {v: np.zeros((num_classes, num_classes), np.int64) for v in variants}
-    result = EvalResult({}, 0)
+    result = EvalResult({}, 0, prediction_dirs={v: out / "predictions" / v for v in variants})
     by_id = {sample.id: sample for sample in samples}
+    reused: set[str] = set()
 
     def handle(outcomes) -> None:
         for outcome in outcomes:
             if outcome.error is None:
                 for variant, matrix in outcome.result.items():
                     totals[variant] += matrix
+                result.per_image[outcome.key] = {v: image_miou(m) for v, m in outcome.result.items()}
                 result.images += 1
+                progress.advance(done=0 if outcome.key in reused else 1, reused=int(outcome.key in reused))
             elif isinstance(outcome.error, OutputError) and outcome.error.fatal:
                 raise OutputError(f"{outcome.error.message}; running the same command again resumes from the "
                                   "predictions saved so far", outcome.error.location, fatal=True)
             else:
-                result.skipped.append(describe_failure(by_id[outcome.key].image, outcome.error))
+                skip(by_id[outcome.key], outcome.error)
 
+    def skip(sample: Sample, exc: BaseException) -> None:
+        result.skipped.append(describe_failure(sample.image, exc))
+        progress.advance(done=0, skipped=1)
+
+    progress.start(len(samples))
     try:
         with BatchPool(jobs) as batch:
-            for index, sample in enumerate(progress(samples)):
+            for sample in samples:
                 done_before = resume and all((out / "predictions" / v / f"{sample.id}.png").is_file()
                                              for v in variants)
                 if done_before:
                     result.resumed += 1
+                    reused.add(sample.id)
                     handle(batch.submit(sample.id, finish_sample, sample, None, None, crf, str(out), num_classes,
                                         variants, crf_device, max_pixels))
                     continue
@@ -257,17 +283,14 @@ def evaluate_model(
                     rgb = read_image(sample.image, max_pixels)
                     logits = logits_fn(backend, rgb)
                     check_scores(logits)
-                    if index < overlays:
-                        labels = logits.argmax(axis=0).astype(np.uint8)
-                        write_rgb_png(out / "overlays" / f"{sample.id}.png", overlay(rgb, labels))
                 except OutputError as exc:
                     if exc.fatal:
                         raise OutputError(f"{exc.message}; running the same command again resumes from the "
                                           "predictions saved so far", exc.location, fatal=True) from None
-                    result.skipped.append(describe_failure(sample.image, exc))
+                    skip(sample, exc)
                     continue
                 except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's
-                    result.skipped.append(describe_failure(sample.image, exc))
+                    skip(sample, exc)
                     continue
                 handle(batch.submit(sample.id, finish_sample, sample, logits, rgb, crf, str(out), num_classes,
                                     variants, crf_device, max_pixels))
@@ -276,70 +299,38 @@ def evaluate_model(
         finished = result.images
         raise type(exc)(f"{finished} of {len(samples)} image(s) were scored and their predictions saved in "
                         f"{out / 'predictions'}; running the same command again resumes from them") from None
+    finally:
+        progress.close()
+    result.per_image = _ordered(result.per_image, samples)
     result.scores = {v: scores_from_confusion(totals[v]) for v in variants} if result.images else {}
     return result
 
 
 def evaluate_predictions(samples: list[Sample], predictions: str | Path, num_classes: int,
-                         max_pixels: int = DEFAULT_MAX_PIXELS) -> EvalResult:
+                         max_pixels: int = DEFAULT_MAX_PIXELS, progress: Progress | None = None) -> EvalResult:
     """Score label PNGs made elsewhere (one <id>.png per sample, palette or single-channel)."""
     folder = Path(predictions)
     if not folder.is_dir():
         raise CaffeError("the predictions folder does not exist", Location(str(folder)))
+    progress = progress or Silent()
     total = np.zeros((num_classes, num_classes), np.int64)
-    result = EvalResult({}, 0)
-    for sample in samples:
-        path = folder / f"{sample.id}.png"
-        try:
-            truth = read_label(sample.label, None, max_pixels)
-            prediction = read_label(path, truth.shape, max_pixels)
+    result = EvalResult({}, 0, prediction_dirs={"predictions": folder})
+    with progress.start(len(samples)):
+        for sample in samples:
+            path = folder / f"{sample.id}.png"
             try:
-                total += confusion_matrix(truth, prediction, num_classes)
-            except ValueError as exc:
-                raise CaffeError(str(exc), Location(str(path))) from None
-            result.images += 1
-        except Exception as exc:  # noqa: BLE001 - one bad file skips one sample
-            result.skipped.append(describe_failure(path, exc))
+                truth = read_label(sample.label, None, max_pixels)
+                prediction = read_label(path, truth.shape, max_pixels)
+                try:
+                    matrix = confusion_matrix(truth, prediction, num_classes)
+                except ValueError as exc:
+                    raise CaffeError(str(exc), Location(str(path))) from None
+                total += matrix
+                result.per_image[sample.id] = {"predictions": image_miou(matrix)}
+                result.images += 1
+                progress.advance()
+            except Exception as exc:  # noqa: BLE001 - one bad file skips one sample
+                result.skipped.append(describe_failure(path, exc))
+                progress.advance(done=0, skipped=1)
     result.scores = {"predictions": scores_from_confusion(total)} if result.images else {}
     return result
-
-
-def write_reports(out: str | Path, result: EvalResult, class_names: list[str], header: dict,
-                  published: dict | None = None) -> tuple[Path, Path]:
-    """results.json and report.md (ours beside the published numbers when the model is known)."""
-    from caffe2torch.util import atomic_write_text
-
-    out = Path(out)
-    data = {**header, "images": result.images, "skipped": result.skipped,
-            "scores": {k: v.to_dict(class_names) for k, v in result.scores.items()} if result.scores else None}
-    if published:
-        data["published"] = published
-    atomic_write_text(out / "results.json", json.dumps(data, indent=1))
-    lines = [f"# Evaluation: {header.get('model', '')}", "",
-             f"{result.images} images of {header.get('dataset', '')}"
-             + (f"; {len(result.skipped)} skipped" if result.skipped else ""), ""]
-    if not result.scores:  # nothing was scored: no number is a result
-        lines += ["**No image could be scored**: there are no scores.", ""]
-        lines += ["## Skipped", ""] + [f"- {s}" for s in result.skipped]
-        atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-        return out / "results.json", out / "report.md"
-    lines += ["| | mIoU | pixel acc. | mean class acc. | fw IoU |" + (" published mIoU |" if published else ""),
-              "|---|---|---|---|---|" + ("---|" if published else "")]
-    for variant, s in result.scores.items():
-        row = (f"| {variant} | {100 * s.miou:.2f} | {100 * s.pixel_accuracy:.2f} | "
-               f"{100 * s.mean_class_accuracy:.2f} | {100 * s.frequency_weighted_iou:.2f} |")
-        if published:
-            value = published.get(variant)
-            row += f" {value if value is not None else '-'} |"
-        lines.append(row)
-    lines += ["", "| class | " + " | ".join(result.scores) + " |", "|---|" + "---|" * len(result.scores)]
-    for index, name in enumerate(class_names):
-        cells = []
-        for s in result.scores.values():
-            iou = s.per_class_iou[index] if index < len(s.per_class_iou) else None
-            cells.append("-" if iou is None else f"{100 * iou:.2f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if result.skipped:
-        lines += ["", "## Skipped", ""] + [f"- {s}" for s in result.skipped]
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    return out / "results.json", out / "report.md"

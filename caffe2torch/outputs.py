@@ -102,7 +102,8 @@ def check_outputs_spare_inputs(written_folders: list[Path], written_files: list[
     if clashes:
         shown = ", ".join(clashes[:3]) + (f" and {len(clashes) - 3} more" if len(clashes) > 3 else "")
         raise CaffeError(f"input(s) {shown} would be overwritten by this command's outputs (results.json, report.md, "
-                         "run.json, predictions/, overlays/); choose another -o folder", Location(str(out)))
+                         "run.json, per_class_iou.png, predictions/, panels/); choose another -o folder",
+                         Location(str(out)))
 
 
 def assign_stems(paths: list[Path], suffixes: tuple[str, ...] = RUN_OUTPUT_SUFFIXES) -> dict[Path, str]:

@@ -160,16 +160,28 @@ def verify_onnx(
     import onnxruntime as ort
 
     from caffe2torch.onnx_export import export_onnx, required_layers
+    from caffe2torch.verify import UncheckedBlob, no_lowering_reason
 
     names = set(net.input_names)
     check_run_budget(net, inputs)
+    given = onnx_path
+    unchecked: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if onnx_path is None:
             from caffe2torch.layers import get_converter
 
-            blocked = {layer.name for layer in net.spec.layers if not get_converter(layer.type).exportable}
-            wanted = [b for b in net.execution_order() if b in reference and b not in names
-                      and not (required_layers(net, [b]) & blocked)]
+            blocked = [layer for layer in net.spec.layers if not get_converter(layer.type).exportable]
+            wanted = []
+            for blob in net.execution_order():
+                if blob not in reference or blob in names:
+                    continue
+                # the first layer without lowering on the blob's path (the nearest the inputs) is the reason
+                needed = required_layers(net, [blob])
+                culprit = next((layer for layer in blocked if layer.name in needed), None)
+                if culprit is None:
+                    wanted.append(blob)
+                else:
+                    unchecked[blob] = no_lowering_reason(culprit.name, culprit.type, blob, list(culprit.tops))
             onnx_path = Path(tmp) / "verify.onnx"
             export_onnx(net, onnx_path, wanted)
         try:
@@ -185,4 +197,12 @@ def verify_onnx(
         ours = dict(zip(outputs, session.run(outputs, feeds)))
     ours.update({n: np.asarray(inputs[n]) for n in names if n in inputs})
     compared = [b for b in reference if b in ours]
-    return compare_blobs(ours, reference, net.execution_order(), tol, only=compared)
+    order = {b: i for i, b in enumerate(net.execution_order())}
+    for blob in reference:
+        if blob not in ours and blob not in unchecked:
+            unchecked[blob] = (f"not an output of {Path(given).name} (without --onnx, every blob is exported)"
+                               if given is not None and blob in order else "not a blob of the converted net")
+    report = compare_blobs(ours, reference, net.execution_order(), tol, only=compared)
+    report.unchecked = [UncheckedBlob(b, unchecked[b]) for b in sorted(unchecked, key=lambda b: order.get(b, 1e9))]
+    report.backend = "onnx"
+    return report

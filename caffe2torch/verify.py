@@ -1,7 +1,9 @@
 """Blob-by-blob parity against a reference (Caffe's own blobs): the proof that a conversion is exact.
 
 Each reference blob is compared with ours: max |ours - ref| must be <= tol * max |ref| (default 1e-4). The
-report names the first diverging blob in execution order, which is where to look.
+report names the first diverging blob in execution order, which is where to look, and every reference blob that
+could not be checked, with why (in onnxruntime: a blob computed by a layer without ONNX lowering, such as
+DeepLab's DenseCRF; or one that is not an output of the ONNX model given).
 """
 
 from __future__ import annotations
@@ -30,20 +32,47 @@ class BlobComparison:
 
 
 @dataclass
+class UncheckedBlob:
+    """A reference blob this check could not compare, and why."""
+
+    name: str
+    reason: str
+
+
+# Why a layer type has no ONNX lowering, and where its blobs are checked instead.
+NO_LOWERING_WHY = {
+    "DenseCRF": "it runs in torch (--backend torch checks it) and as the runner's CRF after the ONNX model",
+}
+
+
+def no_lowering_reason(layer: str, layer_type: str, blob: str, tops: list[str]) -> str:
+    """Why `blob` cannot be checked in onnxruntime: it is a top of `layer` (a `layer_type` without ONNX
+    lowering) or is computed from one."""
+    why = NO_LOWERING_WHY.get(layer_type, "--backend torch checks it")
+    if blob in tops:
+        return f"{layer_type} layer '{layer}' has no ONNX lowering: {why}"
+    return f"computed from {layer_type} layer '{layer}', which has no ONNX lowering: {why}"
+
+
+@dataclass
 class VerifyReport:
     ok: bool
     first_divergent: str | None
     blobs: list[BlobComparison] = field(default_factory=list)
     tolerance: float = DEFAULT_TOLERANCE
+    unchecked: list[UncheckedBlob] = field(default_factory=list)
+    backend: str = "torch"
 
     def to_dict(self) -> dict:
         return {
             "ok": self.ok,
+            "backend": self.backend,
             "first_divergent": self.first_divergent,
             "tolerance": self.tolerance,
             "blobs": [
                 {k: v for k, v in asdict(b).items() if k != "note" or v} for b in self.blobs
             ],
+            "unchecked": [asdict(u) for u in self.unchecked],
         }
 
     def to_json(self) -> str:
@@ -162,4 +191,11 @@ def format_report(report: VerifyReport) -> str:
     summary = f"{passed}/{len(report.blobs)} blobs within {report.tolerance:g} of the reference's max magnitude"
     if report.first_divergent:
         summary += f"; first divergent blob: {report.first_divergent}"
+    if report.unchecked:
+        where = " in onnxruntime" if report.backend == "onnx" else ""
+        lines += ["", f"not checked{where}: {len(report.unchecked)} reference blob(s)"]
+        width = max(len(u.name) for u in report.unchecked)
+        lines += [f"  {u.name.ljust(width)}  {u.reason}" for u in report.unchecked]
+        names = ", ".join(u.name for u in report.unchecked[:4]) + (", ..." if len(report.unchecked) > 4 else "")
+        summary += f"; {len(report.unchecked)} not checked{where} ({names}; see above)"
     return "\n".join(lines + ["", summary])

@@ -5,6 +5,8 @@
 # Usage: bash scripts/main.sh [OUTDIR]      (default out/demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
+echo "== 0. setup (the first time: 1-2 minutes, see scripts/setup.sh)"
 bash scripts/setup.sh
 out=${1:-out/demo}
 rm -rf "$out"
@@ -27,4 +29,6 @@ echo "== 5. held-out generated scenes: mIoU without and with the dense CRF"
 python3 -m caffe2torch.demo heldout "$out/heldout"
 deeplab-eval --onnx "$out/model/model.onnx" --voc-root "$out/heldout" --list "$out/heldout/ImageSets/Segmentation/val.txt" \
   --crf --jobs 2 -o "$out/eval"
-echo "label PNGs and overlays: $out/samples, $out/samples_crf; scores: $out/eval/report.md"
+echo "label PNGs and overlays (with a legend): $out/samples, $out/samples_crf"
+echo "scores: $out/eval/report.md, with the per-class chart $out/eval/per_class_iou.png and panels in $out/eval/panels"
+echo "main job done in $((SECONDS - started)) s"

@@ -123,7 +123,7 @@ def test_predictions_mode_equals_model_mode_and_resume(voc, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
     assert set(data["scores"]) == {"no_crf", "crf"} and data["images"] == 3
-    assert (out / "report.md").read_text().count("|") > 20 and len(list((out / "overlays").glob("*.png"))) == 3
+    assert (out / "report.md").read_text().count("|") > 20 and len(list((out / "panels").glob("*.png"))) == 3
     # the same predictions, scored by --predictions mode
     for variant in ("no_crf", "crf"):
         again = CliRunner().invoke(eval_cli.main, ["--predictions", str(out / "predictions" / variant), "--voc-root",

@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from caffe2torch.cli.common import (
     allow_pixels,
     crf_device_option,
     crf_settings,
     echo_notes,
+    interrupted_with,
     max_pixels_option,
     parallelism_options,
     reports_errors,
@@ -28,8 +28,17 @@ from caffe2torch.cli.run import (
 )
 from caffe2torch.crf import PRESET_ALIASES, PRESETS
 from caffe2torch.errors import CaffeError, Location
-from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_samples, write_reports
+from caffe2torch.eval_report import (
+    CHART,
+    DEFAULT_FIRST_PANELS,
+    DEFAULT_WORST_PANELS,
+    PANELS_DIR,
+    write_panels,
+    write_reports,
+)
+from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_samples
 from caffe2torch.outputs import check_outputs_spare_inputs, prepare_output_folder
+from caffe2torch.progress import Progress
 from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits
 from caffe2torch.util import atomic_write_text, file_sha256
 
@@ -49,21 +58,29 @@ from caffe2torch.util import atomic_write_text, file_sha256
 @click.option("--crf-preset", default=None, metavar="NAME", help=f"{', '.join([*PRESET_ALIASES, *PRESETS])}")
 @click.option("--crf-params", default="", metavar="K=V,...", help="Override CRF settings.")
 @crf_device_option
-@click.option("--scales", default="1", show_default=True)
-@click.option("--flip", is_flag=True)
-@click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True)
+@click.option("--scales", default="1", show_default=True, help="Test scales whose scores are fused, e.g. 0.5,0.75,1.")
+@click.option("--flip", is_flag=True, help="Also run the horizontally flipped image (fused with --fuse).")
+@click.option("--fuse", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="How scales and flips are fused.")
 @parallelism_options
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
 @max_pixels_option
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse the predictions of an interrupted run in the results folder.")
-@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="results", show_default=True)
+@click.option("--panels", "first_panels", type=click.IntRange(min=0), default=DEFAULT_FIRST_PANELS,
+              show_default=True, help="Draw panels (image | ground truth | without CRF | with CRF, with a "
+              "legend) for the first N images.")
+@click.option("--worst-panels", type=click.IntRange(min=0), default=DEFAULT_WORST_PANELS, show_default=True,
+              help="Also draw panels for the K images with the lowest mIoU (with the CRF when there is one).")
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="The results folder: results.json, report.md, per_class_iou.png, panels/, predictions/.")
 @reports_errors
 def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir, crf, crf_preset, crf_params,
-         crf_device, scales, flip, fuse, jobs, threads, limit, max_pixels, resume, outdir):
+         crf_device, scales, flip, fuse, jobs, threads, limit, max_pixels, resume, first_panels, worst_panels, outdir):
     """Score a model (mIoU, per-class IoU, pixel accuracy, mean class accuracy, frequency-weighted IoU) on
     PASCAL VOC 2012 with one dataset-level confusion matrix, label 255 ignored; with --crf, with and without
-    the dense CRF in one pass. Writes RESULTS/results.json, report.md, predictions/ and a few overlays/.
+    the dense CRF in one pass. Writes RESULTS/results.json, report.md (with a per-class IoU chart,
+    per_class_iou.png), predictions/, and panels/ for the first images and those with the lowest mIoU.
     An image that cannot be scored is reported and skipped, and the exit status is then 1; when none can be,
     no score is written. An interrupted run resumes from its predictions when the same command runs again.
 
@@ -86,15 +103,18 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     if predictions:
         from caffe2torch.images import VOC_CLASSES
 
-        check_outputs_spare_inputs([], [out / "results.json", out / "report.md"],
+        check_outputs_spare_inputs([out / PANELS_DIR], [out / "results.json", out / "report.md", out / CHART],
                                    inputs + [Path(predictions) / f"{s.id}.png" for s in samples], out)
-        result = evaluate_predictions(samples, predictions, len(VOC_CLASSES), max_pixels)
+        result = evaluate_predictions(samples, predictions, len(VOC_CLASSES), max_pixels, Progress("scoring"))
         header = {"model": f"predictions in {predictions}", "dataset": dataset}
-        report(out, result, list(VOC_CLASSES), header, None)
+        panel_notes: list[str] = []
+        panels = write_panels(out, samples, result, list(VOC_CLASSES), first_panels, worst_panels, max_pixels,
+                              panel_notes)
+        report(out, result, list(VOC_CLASSES), header, None, panels, panel_notes)
         return
     model_file = onnx_path or artifact
-    check_outputs_spare_inputs([out / "predictions", out / "overlays"],
-                               [out / "results.json", out / "report.md", out / "run.json"],
+    check_outputs_spare_inputs([out / "predictions", out / PANELS_DIR],
+                               [out / "results.json", out / "report.md", out / "run.json", out / CHART],
                                inputs + [Path(model_file)], out)
     crf = crf or bool(crf_preset or crf_params or crf_device)  # CRF settings imply --crf, as in deeplab-run
     crf_in_workers = crf and crf_device is None
@@ -117,13 +137,17 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
         check_logits(result)
         return result
 
-    def progress(items):
-        return tqdm(items, desc="evaluating", unit="image", disable=None)
-
     result = evaluate_model(backend, samples, out, len(class_names), params, logits, jobs, resume,
-                            progress=progress, crf_device=crf_device, max_pixels=max_pixels)
+                            progress=Progress("evaluating"), crf_device=crf_device, max_pixels=max_pixels)
     header = {"model": str(model_file), "dataset": dataset, "settings": settings}
-    report(out, result, class_names, header, backend.info)
+    panel_notes: list[str] = []
+    try:
+        panels = write_panels(out, samples, result, class_names, first_panels, worst_panels, max_pixels, panel_notes)
+        report(out, result, class_names, header, backend.info, panels, panel_notes)
+    except KeyboardInterrupt as exc:
+        raise interrupted_with(exc, f"while writing the report: {result.images} image(s) were scored and their "
+                                    f"predictions saved in {out / 'predictions'}; running the same command again "
+                                    "resumes from them and writes the report") from None
 
 
 def check_resume(out: Path, settings: dict, resume: bool) -> None:
@@ -146,7 +170,7 @@ def check_resume(out: Path, settings: dict, resume: bool) -> None:
     atomic_write_text(state, json.dumps(settings, indent=1))
 
 
-def report(out: Path, result, class_names, header, info) -> None:
+def report(out: Path, result, class_names, header, info, panels=(), notes=()) -> None:
     """Print and write the scores; exit status 1 when any image was skipped (and no score at all is shown or
     written when none could be scored)."""
     from caffe2torch.known_models import published_for
@@ -154,7 +178,8 @@ def report(out: Path, result, class_names, header, info) -> None:
     published = published_for(info) if info is not None else None
     if published and not any(published.get(v) is not None for v in result.scores):
         published = None  # a known model without published numbers (the demo)
-    results_json, report_md = write_reports(out, result, class_names, header, published)
+    echo_notes(list(notes))
+    results_json, report_md = write_reports(out, result, class_names, header, published, list(panels))
     if result.resumed:
         click.echo(f"resumed: {result.resumed} image(s) scored from an earlier run's predictions")
     click.echo(f"{result.images} image(s) scored" + (f", {len(result.skipped)} skipped" if result.skipped else ""))
@@ -172,7 +197,8 @@ def report(out: Path, result, class_names, header, info) -> None:
         click.echo(f"skipped: {skipped}", err=True)
     if len(result.skipped) > 10:
         click.echo(f"... and {len(result.skipped) - 10} more (all listed in {report_md})", err=True)
-    click.echo(f"wrote {results_json} and {report_md}")
+    click.echo(f"wrote {results_json} and {report_md}"
+               + (f" (chart: {out / CHART}; {len(panels)} panel(s) in {out / PANELS_DIR})" if result.scores else ""))
     if not result.scores:
         click.echo("error: no image could be scored, so there are no scores", err=True)
     if result.skipped:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from caffe2torch.batch import BatchPool, describe_failure
 from caffe2torch.cli.common import (
@@ -24,7 +22,7 @@ from caffe2torch.cli.common import (
 )
 from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, check_scores
 from caffe2torch.errors import CaffeError, OutputError
-from caffe2torch.images import list_images, overlay, read_image, write_label_png, write_rgb_png
+from caffe2torch.images import list_images, read_image, write_label_png, write_rgb_png
 from caffe2torch.outputs import (
     RUN_OUTPUT_SUFFIXES,
     RunJournal,
@@ -33,6 +31,8 @@ from caffe2torch.outputs import (
     distinct_inputs,
     prepare_output_folder,
 )
+from caffe2torch.pictures import overlay_with_legend
+from caffe2torch.progress import Progress
 from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, legend_json, padded_size, postprocess
 from caffe2torch.util import atomic_path, atomic_write_text, file_sha256
 
@@ -41,12 +41,16 @@ MAX_LABELS = 256  # a palette PNG holds labels 0..255
 
 
 def finish_image(stem: str, rgb: np.ndarray, logits: np.ndarray, crf: CRFParams | None, outdir: str,
-                 save_probs: bool, crf_device: str | None = None) -> str:
-    """CRF (optional), labels, and the output files of one image; runs in a worker process with --jobs."""
+                 save_probs: bool, crf_device: str | None = None, class_names: list[str] | None = None) -> str:
+    """CRF (optional), labels, and the output files of one image; runs in a worker process with --jobs. The
+    overlay carries a legend of the classes present under the image (`class_names`: the model's)."""
+    from caffe2torch.class_names import default_class_names
+
     result = postprocess(logits, rgb, crf, crf_device)
     out = Path(outdir)
     write_label_png(out / f"{stem}.png", result.labels)
-    write_rgb_png(out / f"{stem}_overlay.png", overlay(rgb, result.labels))
+    names = class_names or default_class_names(logits.shape[0])
+    write_rgb_png(out / f"{stem}_overlay.png", overlay_with_legend(rgb, result.labels, names))
     if save_probs:
         with atomic_path(out / f"{stem}_probs.npy") as tmp, open(tmp, "wb") as handle:
             np.save(handle, result.probabilities.astype(np.float16))
@@ -111,7 +115,8 @@ def check_logits(logits: np.ndarray) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An ONNX model from deeplab-convert.")
 @click.option("--model", "artifact", type=click.Path(dir_okay=False), help="A caffe2torch artifact (torch backend).")
-@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="segmentations", show_default=True)
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="segmentations", show_default=True,
+              help="The output folder (created; it may not hold the input images).")
 @click.option("--crf/--no-crf", default=False, show_default=True, help="Refine with DeepLab's dense CRF.")
 @click.option("--crf-preset", default=None, metavar="NAME",
               help=f"CRF settings: {', '.join([*PRESET_ALIASES, *PRESETS])} (default: the model's own).")
@@ -130,11 +135,13 @@ def check_logits(logits: np.ndarray) -> None:
 def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_device, scales, flip, fuse,
          save_probs, jobs, threads, max_pixels, resume):
     """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
-    PNG), <name>_overlay.png and, with --save-probs, the class probabilities; OUTDIR/legend.json names each
-    label and its colour. Names that would collide get _2, _3, ... The output folder may not hold the input
-    images. A bad image is reported and skipped; the exit status is 1 if any image failed. An interrupted run
-    (Ctrl-C, SIGTERM, a kill) resumes when the same command runs again: images already done with the same
-    settings are skipped (--no-resume redoes them).
+    PNG), <name>_overlay.png (the labels over the image, with a legend of the classes present under it) and,
+    with --save-probs, the class probabilities; OUTDIR/legend.json names each label and its colour. Names
+    that would collide get _2, _3, ... The output folder may not hold the input images. A bad image is
+    reported and skipped; the exit status is 1 if any image failed. An interrupted run (Ctrl-C, SIGTERM, a
+    kill) resumes when the same command runs again: images already done with the same settings are skipped
+    (--no-resume redoes them). Progress: a bar on a terminal, else a line every few seconds (done/total,
+    images/s, ETA, skipped).
 
     \b
     Examples:
@@ -170,6 +177,8 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     journal = RunJournal(out, settings, resume)
     failed: list[str] = []
     done = resumed = 0
+    progress = Progress("segmenting")
+    class_names = list(backend.info.class_names)
 
     def outputs_of(stem: str) -> list[Path]:
         names = RUN_OUTPUT_SUFFIXES if save_probs else RUN_OUTPUT_SUFFIXES[:2]
@@ -178,7 +187,8 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     def fail(path: Path, exc: BaseException) -> None:
         message = describe_failure(path, exc)
         failed.append(message)
-        tqdm.write(f"skipped: {message}", file=sys.stderr)
+        progress.write(f"skipped: {message}")
+        progress.advance(done=0, skipped=1)
 
     def handle(outcomes) -> None:
         nonlocal done
@@ -186,6 +196,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
             if outcome.error is None:
                 journal.finished(outcome.key, stems[outcome.key])
                 done += 1
+                progress.advance()
             elif isinstance(outcome.error, OutputError) and outcome.error.fatal:
                 raise OutputError(f"{outcome.error.message}; {done} image(s) were finished, and running the same "
                                   "command again resumes after them", outcome.error.location, fatal=True)
@@ -193,11 +204,12 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
                 fail(outcome.key, outcome.error)
 
     try:
-        with BatchPool(jobs) as batch:
-            for path in tqdm(paths, desc="segmenting", unit="image", disable=None):
+        with BatchPool(jobs) as batch, progress.start(len(paths)):
+            for path in paths:
                 stem = stems[path]
                 if resume and journal.is_done(path, stem, outputs_of(stem)):
                     resumed += 1
+                    progress.advance(done=0, reused=1)
                     continue
                 try:
                     rgb = read_image(path, max_pixels)
@@ -208,7 +220,8 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
                     fail(path, exc)
                     continue
                 journal.started(path, stem)
-                handle(batch.submit(path, finish_image, stem, rgb, logits, params, str(out), save_probs, crf_device))
+                handle(batch.submit(path, finish_image, stem, rgb, logits, params, str(out), save_probs, crf_device,
+                                    class_names))
             handle(batch.drain())
     except KeyboardInterrupt as exc:
         raise interrupted_with(exc, f"{done + resumed} of {len(paths)} image(s) are done in {out} (every file "

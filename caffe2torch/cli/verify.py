@@ -41,7 +41,9 @@ from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
 @reports_errors
 def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, tol, defines, phase, input_shapes):
     """Run the converted net on INPUTS and compare every blob present in REFERENCE. Prints one row per blob
-    and names the first blob that diverges, in execution order. Exit status 0 only if all blobs pass.
+    and names the first blob that diverges, in execution order. Exit status 0 only if all blobs compared pass.
+    In onnxruntime, reference blobs it cannot compute (a DenseCRF layer's: it has no ONNX lowering) or that
+    the --onnx model does not output are listed as not checked, with why (also in the JSON, "unchecked").
 
     \b
     Examples:
