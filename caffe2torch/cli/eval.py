@@ -9,18 +9,20 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from caffe2torch.cli.backend import backend_options, backend_settings, open_cli_backend
 from caffe2torch.cli.common import crf_device_option, crf_settings, reports_errors
 from caffe2torch.cli.run import default_jobs, default_threads, parse_scales
 from caffe2torch.crf import PRESET_ALIASES, PRESETS
 from caffe2torch.errors import CaffeError, Location
 from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_samples, write_reports
-from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits
+from caffe2torch.runner import image_logits
 from caffe2torch.util import atomic_write_text, file_sha256
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An ONNX model from deeplab-convert.")
 @click.option("--model", "artifact", type=click.Path(dir_okay=False), help="A caffe2torch artifact (torch backend).")
+@backend_options
 @click.option("--predictions", type=click.Path(file_okay=False), help="Score these label PNGs (<id>.png) instead.")
 @click.option("--voc-root", required=True, type=click.Path(), help="VOCdevkit/VOC2012 (JPEGImages, "
               "SegmentationClass, ImageSets/Segmentation).")
@@ -46,7 +48,7 @@ from caffe2torch.util import atomic_write_text, file_sha256
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="results", show_default=True)
 @reports_errors
 def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir, crf, crf_preset, crf_params,
-         crf_device, scales, flip, fuse, jobs, threads, limit, resume, outdir):
+         crf_device, scales, flip, fuse, jobs, threads, limit, resume, outdir, backend_name, precision):
     """Score a model (mIoU, per-class IoU, pixel accuracy, mean class accuracy, frequency-weighted IoU) on
     PASCAL VOC 2012 with one dataset-level confusion matrix, label 255 ignored; with --crf, with and without
     the dense CRF in one pass. Writes RESULTS/results.json, report.md, predictions/ and a few overlays/.
@@ -73,13 +75,13 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     crf_in_workers = crf and crf_device is None
     jobs = default_jobs(jobs, crf_in_workers)
     threads = default_threads(threads, jobs, crf_in_workers)
-    backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    backend = open_cli_backend(backend_name, precision, onnx_path, artifact, threads)
     class_names = list(backend.info.class_names)
     params = crf_settings(backend, crf_preset, crf_params) if crf else None
     model_file = onnx_path or artifact
     settings = {"model": str(model_file), "model_sha256": file_sha256(model_file), "dataset": dataset,
                 "scales": list(parse_scales(scales)), "flip": flip, "fuse": fuse,
-                "crf": None if params is None else params.__dict__}
+                "crf": None if params is None else params.__dict__, **backend_settings(backend)}
     if crf_device:  # the torch CRF agrees with pydensecrf to float rounding, not bit for bit: no mixing
         settings["crf_device"] = crf_device
     check_resume(out, settings, resume)

@@ -10,11 +10,12 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from caffe2torch.cli.backend import backend_options, open_cli_backend
 from caffe2torch.cli.common import crf_device_option, crf_settings, reports_errors
 from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams
 from caffe2torch.errors import CaffeError
 from caffe2torch.images import list_images, overlay, read_image, write_label_png, write_rgb_png
-from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, legend_json, postprocess
+from caffe2torch.runner import image_logits, legend_json, postprocess
 from caffe2torch.util import atomic_path, atomic_write_text, worker_pool
 
 
@@ -45,6 +46,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An ONNX model from deeplab-convert.")
 @click.option("--model", "artifact", type=click.Path(dir_okay=False), help="A caffe2torch artifact (torch backend).")
+@backend_options
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="segmentations", show_default=True)
 @click.option("--crf/--no-crf", default=False, show_default=True, help="Refine with DeepLab's dense CRF.")
 @click.option("--crf-preset", default=None, metavar="NAME",
@@ -62,7 +64,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
               help="Threads for the network [default: all cores; half of them beside CRF workers].")
 @reports_errors
 def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_device, scales, flip, fuse,
-         save_probs, jobs, threads):
+         save_probs, jobs, threads, backend_name, precision):
     """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
     PNG), <name>_overlay.png and, with --save-probs, the class probabilities; OUTDIR/legend.json names each
     label and its colour. A bad image is reported and skipped; the exit status is 1 if any image failed.
@@ -73,6 +75,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
       deeplab-run --onnx converted/model.onnx img.jpg --crf --crf-preset v2 --save-probs
       deeplab-run --model converted/model.safetensors photos/ --scales 0.5,0.75,1 --flip
       deeplab-run --onnx converted/model.onnx photos/ --crf --crf-device cuda
+      deeplab-run --onnx converted/model.onnx photos/ --backend openvino --precision bf16
     """
     if bool(onnx_path) == bool(artifact):
         raise click.UsageError("give exactly one of --onnx MODEL.onnx or --model ARTIFACT")
@@ -81,7 +84,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     crf_in_workers = use_crf and crf_device is None
     jobs = default_jobs(jobs, crf_in_workers)
     threads = default_threads(threads, jobs, crf_in_workers)
-    backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    backend = open_cli_backend(backend_name, precision, onnx_path, artifact, threads)
     params = crf_settings(backend, crf_preset, crf_params) if use_crf else None
     paths = list_images(list(images))
     if not paths:
