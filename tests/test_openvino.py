@@ -339,3 +339,15 @@ def test_rewritten_model_file_is_not_touched(demo, tmp_path):
     before = (demo / "model.onnx").read_bytes()
     open_backend("openvino", demo / "model.onnx")
     assert (demo / "model.onnx").read_bytes() == before
+
+
+def test_bf16_note_says_where_it_keeps_fewer_than_99_percent(model, tmp_path, openvino):
+    """A known model whose bf16 labels were measured below 99% agreement gets told so with the precision."""
+    path = tampered_onnx(model, tmp_path, "model_id", '"deeplab-v2-resnet101-msc"')
+    backend = open_backend("openvino", path, precision="bf16")
+    if backend.precision != "bf16":
+        pytest.skip("this CPU computes no bf16")
+    assert "98.59% agree for deeplab-v2-resnet101-msc" in backend.describe()
+    assert "--precision f32 is recommended for this model" in backend.describe()
+    plain = open_backend("openvino", model / "out" / "model.onnx", precision="bf16")
+    assert "opt-in" in plain.describe() and "recommended for this model" not in plain.describe()

@@ -31,6 +31,13 @@ PRECISION_NAMES = {"f32": "f32", "float32": "f32", "bf16": "bf16", "bfloat16": "
                    "float16": "f16"}
 # /proc/cpuinfo flags that decide what OpenVINO gains on a CPU (printed by the benchmark and the note).
 UNREADABLE_OPS = {"Loop", "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "ConcatFromSequence"}
+# bf16 label agreement with f32 measured per known model (docs/benchmarks.md, benchmarks/inference.py):
+# said with the precision, so a run learns where bf16 keeps fewer than 99% of the labels.
+BF16_AGREEMENT = {
+    "deeplab-v1-largefov": (99.39, "full-size net, random weights, 7 photographs"),
+    "deeplab-v2-resnet101-msc": (98.59, "full-size net, random weights, 7 photographs"),
+    "deeplab-demo-synthetic": (99.61, "trained demo, 7 photographs; 99.87% on held-out scenes"),
+}
 MATRIX_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f")
 
 
@@ -177,8 +184,13 @@ class OpenVinoBackend:
         if self.quantized:
             text += "; an int8 model: its quantised convolutions in int8 (reduced precision, opt-in)"
         if self.precision != "f32":
-            text += ("; bfloat16 is reduced precision (opt-in): labels differ from f32 at a few pixels, see "
-                     "docs/benchmarks.md; --precision f32 for float32")
+            text += "; bfloat16 is reduced precision (opt-in): labels differ from f32 at a few pixels"
+            measured = BF16_AGREEMENT.get(self.info.model_id or "")
+            if measured is not None:
+                text += f" ({measured[0]:.2f}% agree for {self.info.model_id}: {measured[1]})"
+                if measured[0] < 99:
+                    text += ", fewer than 99%: --precision f32 is recommended for this model"
+            text += "; see docs/benchmarks.md, --precision f32 for float32"
         return text
 
     def logits(self, batch: np.ndarray, valid: tuple[int, int] | None = None) -> np.ndarray:

@@ -18,8 +18,11 @@ import numpy as np
 
 
 def _ops():
-    import openvino.opset8 as opset8
-    import openvino.opset14 as opset14
+    try:
+        import openvino.opset8 as opset8
+        import openvino.opset14 as opset14
+    except ImportError:  # OpenVINO before 2025 keeps its opsets in openvino.runtime
+        from openvino.runtime import opset8, opset14
 
     return opset8, opset14
 
