@@ -150,11 +150,11 @@ def verify_torch(
 
 def verify_onnx(
     net: CaffeNet, inputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
-    tol: float = DEFAULT_TOLERANCE, onnx_path: str | Path | None = None,
+    tol: float = DEFAULT_TOLERANCE, onnx_path: str | Path | None = None, runtime: str = "onnxruntime",
 ) -> VerifyReport:
-    """Compare onnxruntime's blobs with the reference. Without `onnx_path`, the net is exported to a temporary
-    model that exposes every reference blob it can compute (all of them unless a layer has no ONNX lowering);
-    with it, the outputs that model exposes are compared."""
+    """Compare onnxruntime's (or, with runtime="openvino", OpenVINO's float32) blobs with the reference. Without
+    `onnx_path`, the net is exported to a temporary model that exposes every reference blob it can compute (all
+    of them unless a layer has no ONNX lowering); with it, the outputs that model exposes are compared."""
     import tempfile
 
     import onnxruntime as ort
@@ -184,17 +184,22 @@ def verify_onnx(
                     unchecked[blob] = no_lowering_reason(culprit.name, culprit.type, blob, list(culprit.tops))
             onnx_path = Path(tmp) / "verify.onnx"
             export_onnx(net, onnx_path, wanted)
-        try:
-            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            raise CaffeError(f"cannot load the ONNX model: {exc}", Location(str(onnx_path))) from None
-        missing = [i.name for i in session.get_inputs() if i.name not in inputs]
-        if missing:
-            raise CaffeError(f"the inputs lack {', '.join(missing)}, which the ONNX model takes",
-                             Location(str(onnx_path)))
-        feeds = {i.name: np.ascontiguousarray(inputs[i.name], dtype=np.float32) for i in session.get_inputs()}
-        outputs = [o.name for o in session.get_outputs()]
-        ours = dict(zip(outputs, session.run(outputs, feeds)))
+        if runtime == "openvino":
+            from caffe2torch.runner.openvino_backend import run_onnx_outputs
+
+            ours = run_onnx_outputs(onnx_path, inputs)
+        else:
+            try:
+                session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+                raise CaffeError(f"cannot load the ONNX model: {exc}", Location(str(onnx_path))) from None
+            missing = [i.name for i in session.get_inputs() if i.name not in inputs]
+            if missing:
+                raise CaffeError(f"the inputs lack {', '.join(missing)}, which the ONNX model takes",
+                                 Location(str(onnx_path)))
+            feeds = {i.name: np.ascontiguousarray(inputs[i.name], dtype=np.float32) for i in session.get_inputs()}
+            outputs = [o.name for o in session.get_outputs()]
+            ours = dict(zip(outputs, session.run(outputs, feeds)))
     ours.update({n: np.asarray(inputs[n]) for n in names if n in inputs})
     compared = [b for b in reference if b in ours]
     order = {b: i for i, b in enumerate(net.execution_order())}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install caffe2torch and its test tools into the current Python. torch is pinned to the CPU build these
-# machines carry: an unpinned torch would pull several GB of CUDA wheels.
+# Install caffe2torch with its test tools and optional extras into the current Python. torch is pinned to the
+# CPU build these machines carry: an unpinned torch would pull several GB of CUDA wheels. CI installs and tests
+# every optional extra listed in EXTRAS.
 # The first run downloads everything and compiles pydensecrf2 (DeepLab's dense CRF) from source, which needs a
 # C++ compiler: 1-2 minutes on the project's 2-core machine (a fresh venv: 71 s; the compile alone: 32-93 s,
 # with the machine idle or busy), longer where torch's CPU wheel (about 200 MB) must be downloaded; later runs
@@ -9,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 python=$(command -v python3)
+EXTRAS="test,openvino"
 if ! python3 -c "import pydensecrf.densecrf" 2>/dev/null; then
   echo "setup: pydensecrf2 (DeepLab's dense CRF) will be compiled from source: about half a minute to a few minutes"
   if ! command -v c++ >/dev/null && ! command -v g++ >/dev/null && ! command -v clang++ >/dev/null; then
@@ -17,6 +19,6 @@ if ! python3 -c "import pydensecrf.densecrf" 2>/dev/null; then
   fi
 fi
 echo "setup: installing torch (CPU) and caffe2torch with its dependencies for $python"
-PIP_ROOT_USER_ACTION=ignore python3 -m pip install --disable-pip-version-check "torch==2.13.0" -e ".[test]" \
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install --disable-pip-version-check "torch==2.13.0" -e ".[${EXTRAS}]" \
   | awk '!/^Requirement already satisfied/ { print; fflush() }'
 echo "setup: done in $((SECONDS - started)) s"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from caffe2torch.cli.backend import backend_options, backend_settings, open_cli_backend
 from caffe2torch.cli.common import (
     allow_pixels,
     crf_device_option,
@@ -39,13 +40,14 @@ from caffe2torch.eval_report import (
 from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_samples
 from caffe2torch.outputs import check_outputs_spare_inputs, prepare_output_folder
 from caffe2torch.progress import Progress
-from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits
+from caffe2torch.runner import image_logits
 from caffe2torch.util import atomic_write_text, file_sha256
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An ONNX model from deeplab-convert.")
 @click.option("--model", "artifact", type=click.Path(dir_okay=False), help="A caffe2torch artifact (torch backend).")
+@backend_options
 @click.option("--predictions", type=click.Path(file_okay=False), help="Score these label PNGs (<id>.png) instead.")
 @click.option("--voc-root", required=True, type=click.Path(), help="VOCdevkit/VOC2012 (JPEGImages, "
               "SegmentationClass, ImageSets/Segmentation).")
@@ -76,7 +78,8 @@ from caffe2torch.util import atomic_write_text, file_sha256
               help="The results folder: results.json, report.md, per_class_iou.png, panels/, predictions/.")
 @reports_errors
 def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir, crf, crf_preset, crf_params,
-         crf_device, scales, flip, fuse, jobs, threads, limit, max_pixels, resume, first_panels, worst_panels, outdir):
+         crf_device, scales, flip, fuse, jobs, threads, limit, max_pixels, resume, first_panels, worst_panels, outdir,
+         backend_name, precision):
     """Score a model (mIoU, per-class IoU, pixel accuracy, mean class accuracy, frequency-weighted IoU) on
     PASCAL VOC 2012 with one dataset-level confusion matrix, label 255 ignored; with --crf, with and without
     the dense CRF in one pass. Writes RESULTS/results.json, report.md (with a per-class IoU chart,
@@ -120,13 +123,13 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     crf_in_workers = crf and crf_device is None
     jobs = default_jobs(jobs, crf_in_workers)
     threads = default_threads(threads, jobs, crf_in_workers)
-    backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    backend = open_cli_backend(backend_name, precision, onnx_path, artifact, threads)
     check_class_count(backend)
     class_names = list(backend.info.class_names)
     params = crf_settings(backend, crf_preset, crf_params) if crf else None
     settings = {"model": str(model_file), "model_sha256": file_sha256(model_file), "dataset": dataset,
                 "scales": list(scale_list), "flip": flip, "fuse": fuse,
-                "crf": None if params is None else params.__dict__}
+                "crf": None if params is None else params.__dict__, **backend_settings(backend)}
     if crf_device:  # the torch CRF agrees with pydensecrf to float rounding, not bit for bit: no mixing
         settings["crf_device"] = crf_device
     check_resume(out, settings, resume)

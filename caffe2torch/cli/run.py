@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from caffe2torch.batch import BatchPool, describe_failure
+from caffe2torch.cli.backend import backend_options, backend_settings, open_cli_backend
 from caffe2torch.cli.common import (
     allow_pixels,
     crf_device_option,
@@ -33,7 +34,7 @@ from caffe2torch.outputs import (
 )
 from caffe2torch.pictures import overlay_with_legend
 from caffe2torch.progress import Progress
-from caffe2torch.runner import OnnxBackend, TorchBackend, image_logits, legend_json, padded_size, postprocess
+from caffe2torch.runner import image_logits, legend_json, padded_size, postprocess
 from caffe2torch.util import atomic_path, atomic_write_text, file_sha256
 
 MAX_SCALES = 16
@@ -115,6 +116,7 @@ def check_logits(logits: np.ndarray) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An ONNX model from deeplab-convert.")
 @click.option("--model", "artifact", type=click.Path(dir_okay=False), help="A caffe2torch artifact (torch backend).")
+@backend_options
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="segmentations", show_default=True,
               help="The output folder (created; it may not hold the input images).")
 @click.option("--crf/--no-crf", default=False, show_default=True, help="Refine with DeepLab's dense CRF.")
@@ -133,7 +135,7 @@ def check_logits(logits: np.ndarray) -> None:
               help="Skip images this output folder already holds from a run with the same settings.")
 @reports_errors
 def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_device, scales, flip, fuse,
-         save_probs, jobs, threads, max_pixels, resume):
+         save_probs, jobs, threads, max_pixels, resume, backend_name, precision):
     """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
     PNG), <name>_overlay.png (the labels over the image, with a legend of the classes present under it) and,
     with --save-probs, the class probabilities; OUTDIR/legend.json names each label and its colour. Names
@@ -149,6 +151,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
       deeplab-run --onnx converted/model.onnx img.jpg --crf --crf-preset v2 --save-probs
       deeplab-run --model converted/model.safetensors photos/ --scales 0.5,0.75,1 --flip
       deeplab-run --onnx converted/model.onnx photos/ --crf --crf-device cuda
+      deeplab-run --onnx converted/model.onnx photos/ --backend openvino --precision bf16
     """
     if bool(onnx_path) == bool(artifact):
         raise click.UsageError("give exactly one of --onnx MODEL.onnx or --model ARTIFACT")
@@ -163,7 +166,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
         raise CaffeError("no images found in " + ", ".join(images))
     check_inputs_outside(Path(outdir), paths)
     # The model (and its metadata, untrusted input) is checked before anything is written.
-    backend = OnnxBackend(onnx_path, threads) if onnx_path else TorchBackend(artifact, threads)
+    backend = open_cli_backend(backend_name, precision, onnx_path, artifact, threads)
     check_class_count(backend)
     params = crf_settings(backend, crf_preset, crf_params) if use_crf else None
     out = prepare_output_folder(outdir)
@@ -172,7 +175,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     model_file = onnx_path or artifact
     settings = {"model_sha256": file_sha256(model_file), "scales": list(scale_list), "flip": flip, "fuse": fuse,
                 "crf": None if params is None else params.__dict__, "crf_device": crf_device,
-                "save_probs": save_probs, "version": _version()}
+                "save_probs": save_probs, "version": _version(), **backend_settings(backend)}
     stems = assign_stems(paths)
     journal = RunJournal(out, settings, resume)
     failed: list[str] = []

@@ -30,10 +30,12 @@ from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
 @click.option("--inputs", required=True, type=click.Path(dir_okay=False), help="Net inputs (.npz), by blob name.")
 @click.option("--reference", required=True, type=click.Path(dir_okay=False),
               help="Reference blobs (.npz), by blob name, e.g. every blob Caffe computed.")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-              help="torch: the converted module; onnx: an ONNX export run by onnxruntime.")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "openvino"]), default="torch", show_default=True,
+              help="torch: the converted module; onnx: an ONNX export run by onnxruntime; openvino: the same "
+                   "export run by OpenVINO in float32 (pip install 'caffe2torch[openvino]').")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False),
-              help="Check this ONNX model (its outputs) instead of a fresh export; implies --backend onnx.")
+              help="Check this ONNX model (its outputs) instead of a fresh export; implies --backend onnx "
+                   "unless --backend openvino.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--tol", type=float, default=DEFAULT_TOLERANCE, show_default=True,
               help="Allowed max |ours - reference| relative to each reference blob's max magnitude.")
@@ -49,6 +51,7 @@ def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, 
     Examples:
       deeplab-verify net.prototxt weights.caffemodel --inputs inputs.npz --reference blobs.npz
       deeplab-verify net.prototxt weights.caffemodel --inputs inputs.npz --reference blobs.npz --backend onnx
+      deeplab-verify net.prototxt weights.caffemodel --inputs inputs.npz --reference blobs.npz --backend openvino
     """
     if not tol >= 0 or tol == float("inf"):
         raise click.BadParameter(f"{tol} is not a tolerance (a finite number >= 0)", param_hint="--tol")
@@ -65,8 +68,9 @@ def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, 
     if loaded.nonfinite:
         click.echo(f"warning: {loaded.nonfinite_text()}", err=True)
     check_run_budget(net, arrays, inputs)
-    if backend == "onnx" or onnx_path:
-        report = verify_onnx(net, arrays, expected, tol, onnx_path)
+    if backend in ("onnx", "openvino") or onnx_path:
+        runtime = "openvino" if backend == "openvino" else "onnxruntime"
+        report = verify_onnx(net, arrays, expected, tol, onnx_path, runtime)
         if not report.blobs:
             raise CaffeError("no reference blob is an output of the ONNX model")
     else:
