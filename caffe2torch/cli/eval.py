@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from caffe2torch.cli.backend import backend_options, backend_settings, open_cli_backend
+from caffe2torch.cli.backend import backend_options, backend_settings, chosen_backend, open_cli_backend
 from caffe2torch.cli.common import (
     allow_pixels,
     crf_device_option,
@@ -95,6 +95,8 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     """
     if sum(bool(x) for x in (onnx_path, artifact, predictions)) != 1:
         raise click.UsageError("give exactly one of --onnx, --model or --predictions")
+    if not predictions:
+        chosen_backend(backend_name, onnx_path, artifact)  # a usage error before anything is read
     scale_list = parse_scales(scales)
     allow_pixels(max_pixels)
     notes: list[str] = []

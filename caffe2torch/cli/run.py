@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from caffe2torch.batch import BatchPool, describe_failure
-from caffe2torch.cli.backend import backend_options, backend_settings, open_cli_backend
+from caffe2torch.cli.backend import backend_options, backend_settings, chosen_backend, open_cli_backend
 from caffe2torch.cli.common import (
     allow_pixels,
     crf_device_option,
@@ -155,6 +155,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     """
     if bool(onnx_path) == bool(artifact):
         raise click.UsageError("give exactly one of --onnx MODEL.onnx or --model ARTIFACT")
+    chosen_backend(backend_name, onnx_path, artifact)  # a usage error before anything is read
     scale_list = parse_scales(scales)
     use_crf = crf or bool(crf_preset or crf_params or crf_device)
     crf_in_workers = use_crf and crf_device is None
