@@ -504,21 +504,22 @@ STAGE void build_lattice_with(const float* features, int d, int64_t points, cons
     lattice.neighbours.resize(static_cast<size_t>(v) * m * 2);
     Key all_ones = 0;
     for (int i = 0; i < d; ++i) all_ones += field<Key>(1, packing.shift[i]);
+    // Along axis j, neighbour 2 of vertex w is u exactly when neighbour 1 of u is w (the offsets are
+    // opposite), so one lookup per vertex and axis finds both.
+    std::fill(lattice.neighbours.begin(), lattice.neighbours.end(), 0);
     constexpr int32_t kAhead = 16;
     for (int axis = 0; axis <= d; ++axis) {
         // neighbour 1: every coordinate - 1 except coordinate `axis`, which gets + d; neighbour 2: the opposite
         Key towards = static_cast<Key>(Key(0) - all_ones);
         if (axis < d) towards += field<Key>(d + 1, packing.shift[axis]);
-        const Key away = static_cast<Key>(Key(0) - towards);
         int32_t* out = &lattice.neighbours[static_cast<size_t>(axis) * m * 2];
         for (int32_t i = 0; i < m; ++i) {
-            if (i + kAhead < m) {
-                table.prefetch(static_cast<Key>(table.key(i + kAhead) + towards));
-                table.prefetch(static_cast<Key>(table.key(i + kAhead) + away));
+            if (i + kAhead < m) table.prefetch(static_cast<Key>(table.key(i + kAhead) + towards));
+            const int32_t found = table.find(static_cast<Key>(table.key(i) + towards));
+            if (found >= 0) {
+                out[2 * i] = found + 1;
+                out[2 * found + 1] = i + 1;
             }
-            const Key key = table.key(i);
-            out[2 * i] = table.find(static_cast<Key>(key + towards)) + 1;
-            out[2 * i + 1] = table.find(static_cast<Key>(key + away)) + 1;
         }
     }
     for (int axis = 0; axis <= d; ++axis) {
