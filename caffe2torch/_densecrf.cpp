@@ -29,6 +29,7 @@
 //     (labels, pixels) for Q; kernels: sequence of (features float32 C-contiguous (d, pixels), weight).
 //   lattice_vertices(features) -> number of lattice vertices (as pydensecrf counts them).
 //   release_workspace() frees the buffers the calling thread keeps between calls.
+//   blur_mode([mode]) forces one of the two blur schedules (tests).
 // Inputs are checked before anything large is allocated (ValueError); the GIL is released while the CRF runs.
 
 #define PY_SSIZE_T_CLEAN
@@ -72,6 +73,7 @@ constexpr int32_t kBlurChunk = 64;                  // vertices per wavefront st
 constexpr size_t kBlurWindowBytes = size_t(1) << 20;  // the wavefront's working set must fit the L2 cache
 constexpr int kPixelPrefetch = 8;                   // pixels ahead whose table rows are prefetched
 constexpr int32_t kBlurPrefetch = 8;                // vertices ahead whose neighbours' rows are prefetched
+constexpr size_t kChainPrefetch = 8;                // chain entries ahead whose rows are prefetched
 
 // A bad input, reported to Python as ValueError (everything is checked before any large allocation).
 struct InputError : std::runtime_error {
@@ -293,10 +295,13 @@ struct Lattice {
                                     // order), so that splatting can assign there instead of adding
     std::vector<int32_t> untouched; // rows of vertices no pixel splats into (see the padding below)
     Buffer<int32_t> neighbours;     // (d+1) x vertices x 2
+    Buffer<int32_t> chains;         // per axis, the vertices' rows chain by chain (see blur_chains)
+    size_t chain_start[kMaxFeatures + 2] = {};  // where each axis's chains begin in `chains`
     int32_t ahead[kMaxFeatures + 1] = {};   // per axis, the largest neighbour - vertex
     int32_t behind[kMaxFeatures + 1] = {};  // per axis, the largest vertex - neighbour
     size_t bytes() const {
-        return rows.capacity() * 4 + weights.capacity() * 4 + first.capacity() * 4 + neighbours.capacity() * 4;
+        return rows.capacity() * 4 + weights.capacity() * 4 + first.capacity() * 4 + neighbours.capacity() * 4 +
+               chains.capacity() * 4;
     }
 };
 
@@ -571,6 +576,25 @@ void build_lattice(const float* features, int d, int64_t points, VertexTables& t
         build_lattice_with<uint64_t, 0>(features, d, points, scale, packing, tables.narrow, lattice);
 }
 
+// The blur chains of every axis (see blur_chains): from each vertex that has neighbour 2 but not neighbour 1,
+// along neighbour 2 until the chain ends; vertices with neither neighbour are left out.
+void build_chains(Lattice& lattice) {
+    const int d = lattice.d;
+    const int32_t m = lattice.vertices;
+    lattice.chains.resize(static_cast<size_t>(d + 1) * m);
+    size_t count = 0;
+    for (int axis = 0; axis <= d; ++axis) {
+        lattice.chain_start[axis] = count;
+        const int32_t* pairs = &lattice.neighbours[static_cast<size_t>(axis) * m * 2];
+        for (int32_t i = 0; i < m; ++i) {
+            if (pairs[2 * i] != 0 || pairs[2 * i + 1] == 0) continue;
+            lattice.chains[count++] = -(i + 1);
+            for (int32_t row = pairs[2 * i + 1]; row != 0; row = pairs[2 * (row - 1) + 1]) lattice.chains[count++] = row;
+        }
+    }
+    lattice.chain_start[d + 1] = count;
+}
+
 // ------------------------------------------------------------------------------------------------
 // Filtering and mean field.
 // ------------------------------------------------------------------------------------------------
@@ -786,6 +810,7 @@ using Vec = F8;
 // The loops for this CPU.
 struct Loops {
     void (*blur_rows)(const Lattice&, int, int, const float*, float*, int32_t, int32_t);
+    void (*blur_chains)(const int32_t*, size_t, int, float*);
     void (*pixel_pass)(std::vector<Kernel>&, const float*, int64_t, int, int, bool, float*);
 };
 
@@ -793,45 +818,62 @@ Loops cpu_loops() {
 #if defined(CRF_HAVE_AVX2)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && !std::getenv("CAFFE2TORCH_CRF_NO_AVX2"))
-        return {avx2::blur_rows, avx2::run_pixel_pass};
+        return {avx2::blur_rows, avx2::run_blur_chains, avx2::run_pixel_pass};
 #endif
-    return {baseline::blur_rows, baseline::run_pixel_pass};
+    return {baseline::blur_rows, baseline::run_blur_chains, baseline::run_pixel_pass};
 }
 
 const Loops loops = cpu_loops();
 
-// Blur the splatted table along each axis in turn (Krähenbühl's order, 0..d), pass j reading one table and
-// writing the other. Where the lattice's neighbours lie within `reach` vertices of each other (raster-ordered
-// lattices such as the positional kernel's), the passes run as a wavefront over chunks of vertices, pass j
-// `lag` chunks behind pass j-1, so that the rows in flight stay in the CPU cache instead of each pass
-// streaming both tables through memory. The lag keeps every read after the write it needs and every
-// overwrite after the last read of the value it replaces, so the result is the passes' one after another.
+// The blur of one kernel: a pass along each axis in Krähenbühl's order (0..d), each pass computing
+// new = old + 0.5 * (old[n1] + old[n2]) for every vertex, done in one of two ways that give the same floats.
+//  * Wavefront: where the lattice's neighbours lie within a few thousand vertices of each other in vertex
+//    order (raster-ordered lattices such as the positional kernel's), pass j reads one table and writes the
+//    other as in the reference, but all passes run together over chunks of vertices, pass j offset[j] chunks
+//    behind pass 0, so that the rows in flight stay in the CPU cache instead of each pass streaming both
+//    tables through memory. The offsets keep every read after the write it needs and every overwrite after
+//    the last read of the value it replaces.
+//  * Chains (all other lattices, e.g. the bilateral kernel's, whose neighbours are anywhere in the table):
+//    each pass updates the table in place along the axis's chains of neighbours (see blur_chains), touching
+//    only the vertices that have a neighbour on that axis and reading and writing each row once.
+// Returns whether the wavefront applies; fills offset.
+enum class BlurMode { kAuto, kWavefront, kChains };
+BlurMode blur_mode = BlurMode::kAuto;  // tests force either way (blur_mode() below); both are exact
+
+bool wavefront(const Lattice& lattice, int stride, int32_t* offset) {
+    const int d = lattice.d;
+    const int32_t chunk = kBlurChunk;
+    offset[0] = 0;
+    for (int axis = 1; axis <= d; ++axis)
+        offset[axis] = offset[axis - 1] + std::max(lattice.ahead[axis], lattice.behind[axis - 1]) / chunk + 2;
+    const size_t window_rows = static_cast<size_t>(offset[d] + 1) * chunk + lattice.ahead[0] + lattice.behind[d];
+    if (blur_mode != BlurMode::kAuto) return blur_mode == BlurMode::kWavefront;
+    return window_rows * 2 * stride * sizeof(float) <= kBlurWindowBytes && lattice.vertices > 2 * chunk;
+}
+
 void blur(Kernel& kernel, int stride) {
     const Lattice& lattice = kernel.lattice;
     const int d = lattice.d;
     const int32_t m = lattice.vertices;
     float* tables[2] = {kernel.tables[kernel.splat_table].data(), kernel.tables[1 - kernel.splat_table].data()};
-    const int32_t chunk = kBlurChunk;
-    // Pass j runs offset[j] chunks behind pass 0: lag enough that its reads ahead (lattice.ahead[j]) were
-    // written by pass j-1, and that what it overwrites (pass j-1's input) pass j-1 will not read again
-    // (lattice.behind[j-1]).
-    int32_t offset[kMaxFeatures + 1] = {0};
-    for (int axis = 1; axis <= d; ++axis)
-        offset[axis] = offset[axis - 1] + std::max(lattice.ahead[axis], lattice.behind[axis - 1]) / chunk + 2;
-    const size_t window_rows = static_cast<size_t>(offset[d] + 1) * chunk + lattice.ahead[0] + lattice.behind[d];
-    if (window_rows * 2 * stride * sizeof(float) <= kBlurWindowBytes && m > 2 * chunk) {
-        const int32_t chunks = (m + chunk - 1) / chunk;
-        for (int32_t step = 0; step < chunks + offset[d]; ++step)
-            for (int axis = 0; axis <= d; ++axis) {
-                const int32_t c = step - offset[axis];
-                if (c < 0 || c >= chunks) continue;
-                loops.blur_rows(lattice, axis, stride, tables[axis % 2], tables[1 - axis % 2], c * chunk,
-                                std::min(m, (c + 1) * chunk));
-            }
-    } else {
+    int32_t offset[kMaxFeatures + 1];
+    if (!wavefront(lattice, stride, offset)) {
         for (int axis = 0; axis <= d; ++axis)
-            loops.blur_rows(lattice, axis, stride, tables[axis % 2], tables[1 - axis % 2], 0, m);
+            loops.blur_chains(lattice.chains.data() + lattice.chain_start[axis],
+                              lattice.chain_start[axis + 1] - lattice.chain_start[axis], stride, tables[0]);
+        kernel.blurred_table = kernel.splat_table;
+        kernel.splat_table = 1 - kernel.blurred_table;
+        return;
     }
+    const int32_t chunk = kBlurChunk;
+    const int32_t chunks = (m + chunk - 1) / chunk;
+    for (int32_t step = 0; step < chunks + offset[d]; ++step)
+        for (int axis = 0; axis <= d; ++axis) {
+            const int32_t c = step - offset[axis];
+            if (c < 0 || c >= chunks) continue;
+            loops.blur_rows(lattice, axis, stride, tables[axis % 2], tables[1 - axis % 2], c * chunk,
+                            std::min(m, (c + 1) * chunk));
+        }
     const int result = (d + 1) % 2;  // index into `tables` of the last pass's output
     kernel.blurred_table = result == 0 ? kernel.splat_table : 1 - kernel.splat_table;
     kernel.splat_table = 1 - kernel.blurred_table;
@@ -868,10 +910,14 @@ Timings run_inference(const float* scores, float* out, int labels, int64_t point
         normalisation(kernels[k].lattice, kernels[k].norm);
         kernels[k].weight = inputs[k].weight;
     }
+    const int stride = (labels + 7) / 8 * 8;
+    int32_t offset[kMaxFeatures + 1];
+    if (max_iter > 0)
+        for (Kernel& kernel : kernels)
+            if (!wavefront(kernel.lattice, stride, offset)) build_chains(kernel.lattice);
     timings.lattice = seconds_since(start);
     start = std::chrono::steady_clock::now();
 
-    const int stride = (labels + 7) / 8 * 8;
     Buffer<float>& unary = workspace.unary;  // the scores, pixel-major, padding lanes zero
     unary.resize(static_cast<size_t>(points) * stride);
     for (int64_t p = 0; p < points; ++p)
@@ -1084,12 +1130,33 @@ PyObject* py_lattice_vertices(PyObject*, PyObject* args) {
     return PyLong_FromLong(vertices);
 }
 
+PyObject* py_blur_mode(PyObject*, PyObject* args) {
+    const char* mode = nullptr;
+    if (!PyArg_ParseTuple(args, "|z:blur_mode", &mode)) return nullptr;
+    const char* names[] = {"auto", "wavefront", "chains"};
+    const char* previous = names[static_cast<int>(blur_mode)];
+    if (mode) {
+        int chosen = -1;
+        for (int i = 0; i < 3; ++i)
+            if (std::strcmp(mode, names[i]) == 0) chosen = i;
+        if (chosen < 0) {
+            PyErr_Format(PyExc_ValueError, "blur mode must be auto, wavefront or chains, got '%s'", mode);
+            return nullptr;
+        }
+        blur_mode = static_cast<BlurMode>(chosen);
+    }
+    return PyUnicode_FromString(previous);
+}
+
 PyObject* py_release_workspace(PyObject*, PyObject*) {
     workspace.release();
     Py_RETURN_NONE;
 }
 
 PyMethodDef methods[] = {
+    {"blur_mode", py_blur_mode, METH_VARARGS,
+     "blur_mode([mode]) -> previous mode: 'auto' (the default), or force 'wavefront' or 'chains' (for tests;\n"
+     "both compute the same floats). Process-wide: not for use while another thread runs the CRF."},
     {"release_workspace", py_release_workspace, METH_NOARGS,
      "Free the memory this thread keeps between calls (lattices and value tables of the last image)."},
 

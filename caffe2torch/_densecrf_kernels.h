@@ -32,6 +32,61 @@ inline void blur_rows(const Lattice& lattice, int axis, int stride, const float*
     }
 }
 
+// All blur passes along one axis in place, chain by chain: `list` holds the table rows of every vertex that
+// has a neighbour on this axis, each chain from the vertex without neighbour 1 along neighbour 2 to the one
+// without neighbour 2, a chain's first row negated. Walking a chain keeps the old value of the previous
+// vertex (its neighbour 1) and reads the next one before it is overwritten, so each row becomes
+// old + 0.5 * (old[n1] + old[n2]) as in the two-table pass; vertices without neighbours on the axis keep
+// their value (old + 0.5 * (0 + 0)) without being touched. S: the row stride when known (0: `stride`).
+template <int S>
+void blur_chains(const int32_t* list, size_t count, int stride, float* table) {
+    if (S > 0) stride = S;
+    const int packets = stride / Vec::kLanes;
+    constexpr int kBuffer = (S > 0 ? S : kMaxLabels + 8) / Vec::kLanes;
+    const Vec half = Vec::set(0.5f), zero = Vec::set(0.0f);
+    Vec previous[kBuffer], current[kBuffer], next[kBuffer];
+    for (int j = 0; j < packets; ++j) current[j] = next[j] = zero;
+    constexpr size_t ahead = kChainPrefetch;
+    for (size_t k = 0; k < count; ++k) {
+        if (k + ahead < count) {
+            const int32_t future = list[k + ahead];
+            const float* row = table + static_cast<size_t>(future < 0 ? -future : future) * stride;
+            __builtin_prefetch(row, 1);
+            __builtin_prefetch(row + stride - 1, 1);
+        }
+        const int32_t entry = list[k];
+        float* row = table + static_cast<size_t>(entry < 0 ? -entry : entry) * stride;
+        if (entry < 0) {
+            for (int j = 0; j < packets; ++j) {
+                previous[j] = zero;
+                current[j] = Vec::load(row + Vec::kLanes * j);
+            }
+        } else {
+            for (int j = 0; j < packets; ++j) {
+                previous[j] = current[j];
+                current[j] = next[j];
+            }
+        }
+        if (k + 1 < count && list[k + 1] > 0) {
+            const float* following = table + static_cast<size_t>(list[k + 1]) * stride;
+            for (int j = 0; j < packets; ++j) next[j] = Vec::load(following + Vec::kLanes * j);
+        } else {
+            for (int j = 0; j < packets; ++j) next[j] = zero;
+        }
+        for (int j = 0; j < packets; ++j) Vec::store(row + Vec::kLanes * j, current[j] + half * (previous[j] + next[j]));
+    }
+}
+
+inline void run_blur_chains(const int32_t* list, size_t count, int stride, float* table) {
+    switch (stride) {
+        case 8: return blur_chains<8>(list, count, stride, table);
+        case 16: return blur_chains<16>(list, count, stride, table);
+        case 24: return blur_chains<24>(list, count, stride, table);
+        case 32: return blur_chains<32>(list, count, stride, table);
+        default: return blur_chains<0>(list, count, stride, table);
+    }
+}
+
 // Constants for the vector `last` that holds the last label (see exp_and_normalise).
 struct Lanes {
     Vec limit;          // +inf on the labels' lanes, -inf on the padding

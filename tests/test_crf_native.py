@@ -92,6 +92,22 @@ def test_iteration_counts(preset, max_iter, monkeypatch):
     assert_same(crf_native.dense_crf_native(logits, image, params), pydensecrf_q(logits, image, params, monkeypatch))
 
 
+@pytest.fixture(params=["wavefront", "chains"])
+def blur_mode(request):
+    """Force one of the native blur's two schedules (automatic: wavefront for raster-ordered lattices,
+    chains for the others); both must give pydensecrf's floats on every lattice."""
+    previous = _densecrf.blur_mode(request.param)
+    yield request.param
+    _densecrf.blur_mode(previous)
+
+
+@pytest.mark.parametrize("params", [crf_preset("v2"), crf_preset("dense-inference"),
+                                    CRFParams(4, [3.0, 1.0], [3.0, 1.5], [49.0, 20.0], [5.0, 13.0], [4.0, 2.0])])
+def test_both_blur_schedules(params, blur_mode, monkeypatch):
+    image, logits = photo("coffee", 83, 117, seed=4)
+    assert_same(crf_native.dense_crf_native(logits, image, params), pydensecrf_q(logits, image, params, monkeypatch))
+
+
 def test_benchmark_setting_full_size(monkeypatch):
     # The benchmark's case: a 500 x 375 photograph, 21 labels, DeepLab v2's preset.
     image, logits = photo("astronaut", 375, 500)
