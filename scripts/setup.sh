@@ -4,3 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" -e ".[test]"
+python3 -c "import caffe2torch._densecrf" 2>/dev/null \
+    || echo "setup: caffe2torch's native dense CRF was not built (no C++ compiler?); the CRF will use pydensecrf" >&2
