@@ -138,6 +138,25 @@ def test_label_counts(labels, monkeypatch):
     assert_same(crf_native.dense_crf_native(logits, image, params), pydensecrf_q(logits, image, params, monkeypatch))
 
 
+@pytest.mark.parametrize("d, spread", [(1, 30.0), (3, 12.0), (4, 9.0), (7, 6.0), (5, 1500.0)])
+def test_other_feature_dimensions_and_wide_keys(d, spread):
+    # Kernels other than DeepLab's d = 2 and 5 take the generic lattice code; features spread over ~1500
+    # units in 5 dimensions need lattice keys wider than 64 bits (still inside pydensecrf's 16-bit range).
+    import pydensecrf.densecrf as dcrf
+
+    rng = np.random.default_rng(d)
+    points, labels = 1999, 6
+    features = rng.uniform(0, spread, (d, points)).astype(np.float32)
+    scores = rng.normal(0, 2, (labels, points)).astype(np.float32)
+    reference_crf = dcrf.DenseCRF(points, labels)
+    reference_crf.setUnaryEnergy(np.ascontiguousarray(-scores))
+    reference_crf.addPairwiseEnergy(features, compat=3.0, kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_AFTER)
+    reference = np.asarray(reference_crf.inference(5), dtype=np.float32)
+    ours = np.empty_like(scores)
+    _densecrf.inference(scores, ours, [(features, 3.0)], 5)
+    assert_same(ours, reference.reshape(labels, points))
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (2, 3), (5, 5), (4, 4)])
 def test_tiny_images(shape, monkeypatch):
     rng = np.random.default_rng(sum(shape))
