@@ -920,10 +920,14 @@ Timings run_inference(const float* scores, float* out, int labels, int64_t point
 
     Buffer<float>& unary = workspace.unary;  // the scores, pixel-major, padding lanes zero
     unary.resize(static_cast<size_t>(points) * stride);
-    for (int64_t p = 0; p < points; ++p)
-        for (int k = labels; k < stride; ++k) unary[p * stride + k] = 0.0f;
-    for (int k = 0; k < labels; ++k)
-        for (int64_t p = 0; p < points; ++p) unary[p * stride + k] = scores[k * points + p];
+    constexpr int64_t kBlock = 256;  // transpose a block of pixels at a time, while its rows are in cache
+    for (int64_t start = 0; start < points; start += kBlock) {
+        const int64_t end = std::min(points, start + kBlock);
+        for (int k = 0; k < labels; ++k)
+            for (int64_t p = start; p < end; ++p) unary[p * stride + k] = scores[k * points + p];
+        for (int64_t p = start; p < end; ++p)
+            for (int k = labels; k < stride; ++k) unary[p * stride + k] = 0.0f;
+    }
     // Without kernels every iteration recomputes softmax(scores): Q stays the first pass's.
     if (kernels.empty() || max_iter == 0) {
         std::vector<Kernel> none;
