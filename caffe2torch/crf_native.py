@@ -1,6 +1,6 @@
 """DeepLab's dense CRF in caffe2torch's own native code (the `caffe2torch._densecrf` extension, built at
 install from `_densecrf.cpp`): the same lattice and mean-field updates as pydensecrf2, computing the same
-floats bit for bit on x86-64, in about half the time.
+floats bit for bit on x86-64, about 2.5 times as fast (docs/benchmarks.md).
 
 `crf.dense_crf` uses it whenever it is built; otherwise it falls back to pydensecrf and says so once.
 CAFFE2TORCH_CRF chooses: `auto` (the default: native when built), `native` (an error when it is not built) or
@@ -59,7 +59,8 @@ def crf_backend() -> str:
                          f"({IMPORT_ERROR}); reinstall with a C++ compiler: pip install -e .")
     if not _fallback_reported:
         _fallback_reported = True
-        log.warning("caffe2torch's native dense CRF is not built (%s); using pydensecrf, about half as fast. "
+        log.warning("caffe2torch's native dense CRF is not built (%s); using pydensecrf (the same results, "
+                    "about 2.5 times slower). "
                     "Install a C++ compiler and reinstall (pip install -e .) to build it.", IMPORT_ERROR)
     return "pydensecrf"
 
