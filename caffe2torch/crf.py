@@ -201,8 +201,14 @@ def check_probabilities(q: np.ndarray) -> np.ndarray:
 
 
 def dense_crf(scores: np.ndarray, image: np.ndarray | None, params: CRFParams) -> np.ndarray:
-    """Mean-field inference with pydensecrf. scores: (C, H, W) logits; image: (3, H, W) colours in the order
-    the features should use, or None for positional kernels only. Returns Q, (C, H, W) float32."""
+    """Mean-field inference with pydensecrf's lattice and updates. scores: (C, H, W) logits; image: (3, H, W)
+    colours in the order the features should use, or None for positional kernels only. Returns Q, (C, H, W)
+    float32. Runs caffe2torch's native CRF when it is built (the same floats, faster; crf_native.py), else
+    pydensecrf itself; CAFFE2TORCH_CRF=pydensecrf forces pydensecrf."""
+    from caffe2torch.crf_native import crf_backend, dense_crf_native
+
+    if crf_backend() == "native":
+        return dense_crf_native(scores, image, params)
     import pydensecrf.densecrf as dcrf
 
     check_crf_inputs(scores, image, params)
