@@ -207,11 +207,11 @@ def dense_crf(scores: np.ndarray, image: np.ndarray | None, params: CRFParams) -
     pydensecrf itself; CAFFE2TORCH_CRF=pydensecrf forces pydensecrf."""
     from caffe2torch.crf_native import crf_backend, dense_crf_native
 
+    check_crf_inputs(scores, image, params)  # one place for both: settings and inputs, before native code
     if crf_backend() == "native":
-        return dense_crf_native(scores, image, params)
+        return check_probabilities(dense_crf_native(scores, image, params))
     import pydensecrf.densecrf as dcrf
 
-    check_crf_inputs(scores, image, params)
     labels, height, width = scores.shape
     crf = dcrf.DenseCRF(height * width, labels)
     crf.setUnaryEnergy(np.ascontiguousarray(-scores.reshape(labels, -1), dtype=np.float32))
