@@ -22,7 +22,13 @@ from caffe2torch.upgrade import check_graph, describe_unknown
 
 
 def layer_location(spec: NetSpec, layer: LayerSpec) -> Location:
-    return Location(file=spec.source, line=layer.line, layer=layer.name, layer_type=layer.type)
+    return Location(file=spec.source, line=layer.line, layer=layer.file_name, layer_type=layer.type)
+
+
+def info_location(spec: NetSpec, info: LayerInfo) -> Location:
+    """Where a layer of a shape report is, by the name its file gives it."""
+    names = {layer.name: layer.file_name for layer in spec.layers}
+    return Location(file=spec.source, line=info.line, layer=names.get(info.name, info.name), layer_type=info.type)
 
 
 def context_of(spec: NetSpec) -> BuildContext:
@@ -224,7 +230,7 @@ def owned_parameter_count(spec: NetSpec, report: ShapeReport) -> tuple[int, list
                 continue
             size = count(shape)
             if size is None:
-                where = Location(file=spec.source, line=info.line, layer=info.name, layer_type=info.type)
+                where = info_location(spec, info)
                 raise NetDefinitionError(f"the shape of parameter blob {index} ({shape_text(shape)}) depends on an "
                                          "input shape the net does not declare; give it with --input-shape", where)
             total += size
@@ -242,7 +248,7 @@ def check_weights_budget(spec: NetSpec, report: ShapeReport) -> int:
     needed = total * limits.FLOAT_BYTES
     if needed > budget:
         largest, info = per_layer[0]
-        where = Location(file=spec.source, line=info.line, layer=info.name, layer_type=info.type)
+        where = info_location(spec, info)
         raise LimitError(
             f"the net's {limits.human_count(total)} parameters would take {limits.human_bytes(needed)} "
             f"(this layer alone {limits.human_bytes(largest * limits.FLOAT_BYTES)}), over the "

@@ -1,5 +1,6 @@
-"""Convolution, Deconvolution and InnerProduct. Caffe's blob layouts equal torch's: convolution weights are
-(out, in/group, kh, kw), deconvolution weights (in, out/group, kh, kw)."""
+"""Convolution, Deconvolution, InnerProduct, and the layers built on their arithmetic: Im2col (a convolution's
+input columns) and Embed (an InnerProduct of one-hot inputs). Caffe's blob layouts equal torch's: convolution
+weights are (out, in/group, kh, kw), deconvolution weights (in, out/group, kh, kw)."""
 
 from __future__ import annotations
 
@@ -217,3 +218,113 @@ class CaffeInnerProduct(CaffeLayer):
         flat = x.flatten(self.axis)
         weight = self.weight.t() if self.transpose else self.weight
         return F.linear(flat, weight, self.bias)
+
+
+@register("Im2col")
+class Im2colConverter(LayerConverter):
+    """Im2colLayer: the columns a convolution multiplies, as a blob (N, C*kh*kw, out_h, out_w); channel c's
+    kernel tap (i, j) is row (c*kh + i)*kw + j, zero padding, Caffe's convolution output size. torch's unfold
+    orders its rows the same way."""
+
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def validate(self, spec, ctx):
+        p = spec.param("convolution_param")
+        kernel = p.get("kernel", [None])
+        if None in kernel:
+            return ["convolution_param needs kernel_size (or kernel_h and kernel_w)"]
+        problems = []
+        if min(kernel) < 1:
+            problems.append(f"kernel size {_pair_text(kernel)}: Caffe requires every filter dimension to be > 0")
+        if min(p.get("stride", [1])) < 1:
+            problems.append(f"stride {_pair_text(p['stride'])}: Caffe requires every stride to be > 0")
+        if min(p.get("pad", [0])) < 0 or min(p.get("dilation", [1])) < 0:
+            problems.append("pad and dilation must not be negative")
+        return problems
+
+    def check(self, spec, ctx):
+        p = spec.param("convolution_param")
+        problems = []
+        if p.get("axis", 1) != 1:
+            problems.append(f"convolution_param.axis={p['axis']} (only the channel axis 1 is supported)")
+        if 0 in p.get("dilation", [1]):
+            problems.append("dilation 0 (every tap reads the same pixel; torch requires dilation >= 1)")
+        return problems
+
+    def window(self, spec):
+        kernel, stride, _, dilation = _conv_geometry(spec)
+        return tuple(kernel), tuple(stride), tuple(dilation)
+
+    def output_shapes(self, spec, bottoms, ctx):
+        if len(bottoms[0]) != 4:
+            raise ValueError(f"Im2col needs a 4-D bottom (N, C, H, W), not {len(bottoms[0])}-D")
+        kernel, stride, pad, dilation = _conv_geometry(spec)
+        n, c, h, w = bottoms[0]
+        return [(n, None if c is None else c * kernel[0] * kernel[1],
+                 conv_output_size(h, kernel[0], pad[0], stride[0], dilation[0]),
+                 conv_output_size(w, kernel[1], pad[1], stride[1], dilation[1]))]
+
+    def build(self, spec, bottoms, ctx):
+        kernel, stride, pad, dilation = _conv_geometry(spec)
+        return CaffeIm2col(tuple(kernel), tuple(stride), tuple(pad), tuple(dilation))
+
+
+class CaffeIm2col(CaffeLayer):
+    def __init__(self, kernel, stride, pad, dilation):
+        super().__init__()
+        self.kernel, self.stride, self.pad, self.dilation = kernel, stride, pad, dilation
+
+    def forward(self, x):
+        out_h = conv_output_size(x.shape[2], self.kernel[0], self.pad[0], self.stride[0], self.dilation[0])
+        out_w = conv_output_size(x.shape[3], self.kernel[1], self.pad[1], self.stride[1], self.dilation[1])
+        columns = F.unfold(x, self.kernel, self.dilation, self.pad, self.stride)
+        return columns.reshape(x.shape[0], columns.shape[1], out_h, out_w)
+
+
+@register("Embed")
+class EmbedConverter(LayerConverter):
+    """EmbedLayer: each bottom value, cast to int (truncated), picks a row of the (input_dim, num_output)
+    weight blob, plus the bias; the top is the bottom's shape + (num_output,). An index outside
+    [0, input_dim) is undefined in Caffe (a debug-build check only) and an error here."""
+
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def _dims(self, spec) -> tuple[int, int, bool]:
+        p = spec.param("embed_param")
+        return int(p.get("input_dim", 0)), int(p.get("num_output", 0)), bool(p.get("bias_term", True))
+
+    def validate(self, spec, ctx):
+        rows, columns, _ = self._dims(spec)
+        problems = []
+        if columns < 1:
+            problems.append("embed_param needs num_output > 0")
+        if rows < 1:
+            problems.append("embed_param needs input_dim > 0")
+        return problems
+
+    def output_shapes(self, spec, bottoms, ctx):
+        return [(*bottoms[0], self._dims(spec)[1])]
+
+    def blob_shapes(self, spec, bottoms):
+        rows, columns, bias = self._dims(spec)
+        return [(rows, columns)] + ([(columns,)] if bias else [])
+
+    def build(self, spec, bottoms, ctx):
+        return CaffeEmbed(*self._dims(spec))
+
+
+class CaffeEmbed(CaffeLayer):
+    def __init__(self, rows: int, columns: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(rows, columns))
+        self.bias = nn.Parameter(torch.zeros(columns)) if bias else None
+        self.blob_names = ("weight", "bias") if bias else ("weight",)
+
+    def forward(self, x):
+        index = x.to(torch.int64)  # static_cast<int>: truncation toward zero
+        if not torch.jit.is_tracing() and index.numel() and (index.min() < 0 or index.max() >= self.weight.shape[0]):
+            raise ValueError(f"Embed input outside [0, {self.weight.shape[0]}) (input_dim): undefined in Caffe")
+        rows = F.embedding(index, self.weight)
+        return rows + self.bias if self.bias is not None else rows

@@ -69,6 +69,9 @@ class LayerConverter:
     equal_bottoms_tops: ClassVar[bool] = False
     # False where Caffe's layer CHECKs that no top is its bottom ("does not allow in-place computation").
     in_place: ClassVar[bool] = True
+    # True where the layer's arithmetic is fixed by the input size it is set up with (SPP's windows, a recurrent
+    # layer's number of timesteps): a net with such a layer runs, and exports, at its declared size only.
+    fixes_input_size: ClassVar[bool] = False
 
     def counts(self, spec: LayerSpec) -> tuple[Counts | None, Counts | None]:
         """(bottom, top) counts for this layer; a converter whose counts depend on a parameter overrides it."""
