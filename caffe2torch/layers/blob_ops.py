@@ -377,4 +377,4 @@ class CaffeParameter(CaffeLayer):
         self.value = nn.Parameter(torch.zeros(shape))
 
     def forward(self):
-        return self.value
+        return self.value.clone()  # the top is a blob of its own (Caffe shares its data; nothing writes to it)
