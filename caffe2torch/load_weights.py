@@ -64,8 +64,8 @@ class LoadReport:
 def count_nonfinite(array: np.ndarray, chunk: int = 1 << 22) -> int:
     """NaN and infinite values in an array, a chunk at a time (no full-size temporary for a large blob)."""
     flat = array.reshape(-1)
-    return sum(int(flat.size - np.count_nonzero(np.isfinite(flat[i : i + chunk])))
-               for i in range(0, flat.size, chunk))
+    return sum(int(piece.size - np.count_nonzero(np.isfinite(piece)))
+               for piece in (flat[i : i + chunk] for i in range(0, flat.size, chunk)))
 
 
 def record_nonfinite(report: LoadReport, layer: str, blobs: list[np.ndarray]) -> None:

@@ -202,7 +202,10 @@ def _grow_field(converter, layer, bottoms, tops, fields) -> tuple[float, float]:
     rf = max(f for f, _ in known)
     jump = max(j for _, j in known)
     window = converter.window(layer)
-    if window is not None:
+    spatial = bottoms[0][2:] if bottoms and len(bottoms[0]) >= 3 else ()
+    if converter.sees_whole_input(layer) and spatial and None not in spatial:
+        rf += (max(spatial) - 1) * jump  # type: ignore[type-var, operator]  # the whole bottom, largest side
+    elif window is not None:
         (kernel, _), (stride, _), (dilation, _) = window
         if kernel is not None:
             rf, jump = receptive_field_step(rf, jump, kernel, stride, dilation)

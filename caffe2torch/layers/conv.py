@@ -186,6 +186,9 @@ class InnerProductConverter(LayerConverter):
         return [] if spec.param("inner_product_param").get("num_output", 0) >= 1 else [
             "inner_product_param needs num_output > 0"]
 
+    def sees_whole_input(self, spec):
+        return spec.param("inner_product_param").get("axis", 1) in (0, 1, 2)
+
     def output_shapes(self, spec, bottoms, ctx):
         axis, _, out = self._dims(spec, bottoms[0])
         return [tuple(bottoms[0][:axis]) + (out,)]

@@ -161,6 +161,9 @@ class PoolingConverter(LayerConverter):
                  for size, k, q, s in ((h, kernel[0], pad[0], stride[0]), (w, kernel[1], pad[1], stride[1]))]
         return [(n, c, *sizes)] * len(spec.tops)  # the mask top, if any, is shaped like the pooled one
 
+    def sees_whole_input(self, spec):
+        return bool(spec.param("pooling_param").get("global_pooling"))
+
     def window(self, spec):
         if spec.param("pooling_param").get("global_pooling"):
             return None
@@ -274,6 +277,9 @@ class SPPConverter(LayerConverter):
         if pyramid_height == 1:
             return [(n, c, 1, 1)]
         return [(n, None if c is None else c * cells)]
+
+    def sees_whole_input(self, spec):
+        return True
 
     def build(self, spec, bottoms, ctx):
         return CaffeSPP(*self._params(spec))

@@ -24,6 +24,9 @@ class ReductionConverter(LayerConverter):
         _, operation, _ = self._params(spec)
         return [] if operation in OPERATIONS else [f"reduction_param.operation: {operation}"]
 
+    def sees_whole_input(self, spec):
+        return self._params(spec)[0] in (0, 1, 2)
+
     def output_shapes(self, spec, bottoms, ctx):
         axis, _, _ = self._params(spec)
         return [tuple(bottoms[0][: canonical_axis(axis, len(bottoms[0]))])]

@@ -99,6 +99,11 @@ class LayerConverter:
         """(kernel, stride, dilation) pairs for the receptive field, for sliding-window layers."""
         return None
 
+    def sees_whole_input(self, spec: LayerSpec) -> bool:
+        """Whether each output reads every spatial position of its bottom (an InnerProduct over C*H*W, global
+        pooling): its receptive field then spans the whole bottom."""
+        return False
+
     def scale_change(self, spec: LayerSpec, bottoms: list[Shape], tops: list[Shape]) -> float | None:
         """For resampling layers (Interp): output pixels per input pixel, to carry the receptive field."""
         return None
