@@ -220,13 +220,15 @@ def upgrade_spatial_pairs(net: RawNet) -> None:
 
 
 def upgrade_legacy_axes(net: RawNet) -> None:
-    """Deprecated `concat_dim` / `slice_dim` → `axis` (used only when `axis` is not set, as Caffe does)."""
+    """Deprecated `concat_dim` / `slice_dim` → `axis`; Concat/SliceLayer::LayerSetUp refuse both at once."""
     for layer in net.layers:
         for message, legacy in (("concat_param", "concat_dim"), ("slice_param", "slice_dim")):
             param = layer.get(message)
             if param and legacy in param:
-                value = param.pop(legacy)
-                param.setdefault("axis", value)
+                if "axis" in param:
+                    raise NetDefinitionError(f"give either {message}.axis or {legacy}, not both (Caffe refuses both)",
+                                             net.where(layer))
+                param["axis"] = param.pop(legacy)
 
 
 def upgrade_data_transform(net: RawNet) -> None:

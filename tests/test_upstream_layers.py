@@ -694,15 +694,20 @@ layer { name: "b" type: "Convolution" bottom: "x" top: "b" param { name: "w" } p
 # ---------------------------------------------------------------------------------------------------------
 
 
-def compare_with_opencv(tmp_path, text: str, inputs: dict, weights: list[WeightsLayer]) -> None:
+def compare_with_opencv(tmp_path, text: str, inputs: dict, weights: list[WeightsLayer], cv_text: str | None = None,
+                        cv_weights: list[WeightsLayer] | None = None) -> None:
     """Every blob of `text` in torch and onnxruntime against OpenCV 4's readNetFromCaffe (<= 1e-5 of each
-    blob's largest magnitude)."""
+    blob's largest magnitude); `cv_text`/`cv_weights`: an equivalent net for OpenCV where it reads a field
+    differently from Caffe's source (said where used)."""
     (tmp_path / "net.prototxt").write_text(text)
     write_caffemodel(tmp_path / "net.caffemodel", weights or [WeightsLayer("x", "Input", [])])
+    (tmp_path / "cv.prototxt").write_text(cv_text or text)
+    write_caffemodel(tmp_path / "cv.caffemodel", (cv_weights if cv_weights is not None else weights)
+                     or [WeightsLayer("x", "Input", [])])
     spec = spec_from_text(text)
     net, _ = convert(spec, tmp_path / "net.caffemodel")
     blobs = [t for layer in spec.layers for t in layer.tops]
-    reference = opencv_blobs(tmp_path / "net.prototxt", tmp_path / "net.caffemodel", inputs, blobs)
+    reference = opencv_blobs(tmp_path / "cv.prototxt", tmp_path / "cv.caffemodel", inputs, blobs)
     ours = run_net(net, **inputs)
     for name in blobs:
         scale = max(float(np.abs(reference[name]).max()), 1e-30)
@@ -731,3 +736,223 @@ def test_torch_and_onnx_of_a_net_with_every_new_layer_agree():
     with torch.no_grad():
         blobs = run_net(net, x=x)
     check_onnx(net, {"x": x}, {k: v for k, v in blobs.items() if k != "x"})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cases of OpenCV's own Caffe layer tests (opencv_extra testdata/dnn/layers), written anew
+# ---------------------------------------------------------------------------------------------------------
+
+OPENCV_CASES = {
+    # name: (input shapes, layers[, the same net for OpenCV, a weights translation for it]). Each mirrors what one
+    # of OpenCV's Caffe layer tests exercises (their files carry outputs computed by Caffe; these carry random
+    # weights and are checked against OpenCV 4 itself). Where OpenCV 4.14 reads a field differently from
+    # Caffe's source, its copy says it the way it understands and the field is checked by hand below.
+    "softmax": ({"input": (2, 6, 5, 7)},
+                'layer { name: "output" type: "Softmax" bottom: "input" top: "output" }'),
+    "lrn_spatial": ({"input": (2, 6, 7, 9)},
+                    'layer { name: "output" type: "LRN" bottom: "input" top: "output" lrn_param { '
+                    'norm_region: WITHIN_CHANNEL local_size: 5 alpha: 0.9 beta: 0.75 } }'),
+    "lrn_channels": ({"input": (2, 6, 7, 9)},  # (k != 1: test_lrn_across_channels_k; OpenCV ignores k)
+                     'layer { name: "output" type: "LRN" bottom: "input" top: "output" lrn_param { '
+                     'local_size: 3 alpha: 0.9 beta: 0.75 } }'),
+    "convolution": ({"input": (2, 6, 15, 23)},
+                    'layer { name: "output" type: "Convolution" bottom: "input" top: "output" convolution_param { '
+                    'num_output: 12 group: 3 kernel_h: 3 kernel_w: 5 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 2 '
+                    'bias_term: false } }'),
+    "dilated_convolution": ({"input": (2, 6, 15, 23)},
+                            'layer { name: "output" type: "Convolution" bottom: "input" top: "output" '
+                            'convolution_param { num_output: 4 group: 2 kernel_size: 3 pad: 2 dilation: 2 '
+                            'stride: 2 } }'),
+    "deconvolution": ({"input": (2, 6, 5, 7)},  # (dilation: test_dilated_deconvolution; OpenCV ignores it)
+                      'layer { name: "output" type: "Deconvolution" bottom: "input" top: "output" '
+                      'convolution_param { num_output: 9 group: 3 kernel_h: 4 kernel_w: 3 stride_h: 2 stride_w: 3 '
+                      'pad_h: 1 pad_w: 2 } }'),
+    "deconvolution_no_bias": ({"input": (2, 4, 5, 7)},
+                              'layer { name: "output" type: "Deconvolution" bottom: "input" top: "output" '
+                              'convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 bias_term: false } }'),
+    "inner_product": ({"input": (2, 6, 5, 7)},
+                      'layer { name: "output" type: "InnerProduct" bottom: "input" top: "output" '
+                      'inner_product_param { num_output: 8 } }'),
+    "inner_product_axis2": ({"input": (2, 6, 5, 7)},
+                            'layer { name: "output" type: "InnerProduct" bottom: "input" top: "output" '
+                            'inner_product_param { num_output: 4 axis: 2 } }'),
+    "pooling_max": ({"input": (2, 6, 15, 23)},
+                    'layer { name: "output" type: "Pooling" bottom: "input" top: "output" pooling_param { '
+                    'pool: MAX kernel_h: 3 kernel_w: 5 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 2 } }'),
+    "pooling_ave": ({"input": (2, 6, 15, 23)},
+                    'layer { name: "output" type: "Pooling" bottom: "input" top: "output" pooling_param { '
+                    'pool: AVE kernel_h: 3 kernel_w: 5 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 2 } }'),
+    "mvn": ({"input": (2, 6, 7, 9)}, 'layer { name: "output" type: "MVN" bottom: "input" top: "output" }'),
+    "batch_norm": ({"input": (2, 6, 7, 9)},
+                   'layer { name: "output" type: "BatchNorm" bottom: "input" top: "output" batch_norm_param { '
+                   'use_global_stats: true eps: 0.001 } }'),
+    "batch_norm_local_stats": ({"input": (1, 6, 7, 9)},  # (OpenCV computes batch statistics for one image only)
+                               'layer { name: "output" type: "BatchNorm" bottom: "input" top: "output" '
+                               'batch_norm_param { use_global_stats: false } }'),
+    "relu": ({"input": (2, 6, 7, 9)},
+             'layer { name: "output" type: "ReLU" bottom: "input" top: "output" relu_param { negative_slope: 0.1 } }'),
+    "dropout": ({"input": (2, 6, 7, 9)},
+                'layer { name: "output" type: "Dropout" bottom: "input" top: "output" }'),
+    "concat": ({"input": (2, 6, 7, 9)}, """
+layer { name: "a" type: "Power" bottom: "input" top: "a" power_param { scale: 2 } }
+layer { name: "output" type: "Concat" bottom: "input" bottom: "a" bottom: "input" top: "output"
+        concat_param { concat_dim: 2 } }""", """
+layer { name: "a" type: "Power" bottom: "input" top: "a" power_param { scale: 2 } }
+layer { name: "output" type: "Concat" bottom: "input" bottom: "a" bottom: "input" top: "output"
+        concat_param { axis: 2 } }"""),  # ConcatLayer::LayerSetUp reads concat_dim; OpenCV ignores it
+    "concat_shared_input": ({"input": (2, 6, 7, 9)}, """
+layer { name: "c1" type: "Convolution" bottom: "input" top: "c1" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "c2" type: "Convolution" bottom: "input" top: "c2" convolution_param { num_output: 2 kernel_size: 3
+        pad: 1 } }
+layer { name: "output" type: "Concat" bottom: "c1" bottom: "c2" bottom: "c1" top: "output" }"""),
+    "eltwise": ({"input": (2, 6, 7, 9)}, """
+layer { name: "a" type: "Convolution" bottom: "input" top: "a" convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "input" bottom: "a" bottom: "input" top: "sum"
+        eltwise_param { operation: SUM coeff: 0.5 coeff: -2 coeff: 1.5 } }
+layer { name: "prod" type: "Eltwise" bottom: "input" bottom: "a" top: "prod" eltwise_param { operation: PROD } }
+layer { name: "output" type: "Eltwise" bottom: "sum" bottom: "prod" top: "output"
+        eltwise_param { operation: MAX } }"""),
+    "prelu": ({"input": (2, 6, 7, 9)}, """
+layer { name: "shared" type: "PReLU" bottom: "input" top: "shared" prelu_param { channel_shared: true } }
+layer { name: "output" type: "PReLU" bottom: "shared" top: "output" }"""),
+    "prelu_fc": ({"input": (2, 6, 5, 7)}, """
+layer { name: "fc" type: "InnerProduct" bottom: "input" top: "fc" inner_product_param { num_output: 10 } }
+layer { name: "output" type: "PReLU" bottom: "fc" top: "output" }"""),
+    "reshape_and_slice_routines": ({"input": (6, 12)}, """
+layer { name: "reshape" type: "Reshape" bottom: "input" top: "reshaped" reshape_param { shape { dim: 0 dim: 3
+        dim: -1 } } }
+layer { name: "slice" type: "Slice" bottom: "reshaped" top: "s1" top: "s2" top: "s3" slice_param { axis: 1 } }
+layer { name: "slice2" type: "Slice" bottom: "s2" top: "t1" top: "t2" slice_param { axis: 2 slice_point: 1 } }
+layer { name: "concat2" type: "Concat" bottom: "t1" bottom: "t2" top: "s2c" concat_param { axis: 2 } }
+layer { name: "concat" type: "Concat" bottom: "s1" bottom: "s2c" bottom: "s3" top: "joined" }
+layer { name: "flatten" type: "Flatten" bottom: "joined" top: "output" }"""),
+    "conv_2_inps": ({"input_0": (2, 3, 7, 9), "input_1": (2, 3, 7, 9)},
+                    'layer { name: "conv" type: "Convolution" bottom: "input_0" bottom: "input_1" top: "output_0" '
+                    'top: "output_1" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }',
+                    # OpenCV cannot return one layer's second output here: two layers (named as it names them,
+                    # after their tops) with the same weights
+                    'layer { name: "output_0" type: "Convolution" bottom: "input_0" top: "output_0" '
+                    'convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }\nlayer { name: "output_1" '
+                    'type: "Convolution" bottom: "input_1" top: "output_1" convolution_param { num_output: 4 '
+                    'kernel_size: 3 pad: 1 } }',
+                    lambda items: [WeightsLayer(name, "Convolution", items[0].blobs) for name in ("output_0",
+                                                                                                 "output_1")]),
+    "scale_second_bottom": ({"input": (2, 6, 7, 9), "factor": (6, 7)},  # (the bias: test_scale_second_bottom_bias)
+                            'layer { name: "output" type: "Scale" bottom: "input" bottom: "factor" top: "output" '
+                            'scale_param { axis: 1 } }'),
+    "scale_bias_axis_num_axes": ({"input": (2, 6, 7, 9)}, """
+layer { name: "s" type: "Scale" bottom: "input" top: "s" scale_param { axis: 2 num_axes: 2 bias_term: true } }
+layer { name: "output" type: "Bias" bottom: "s" top: "output" bias_param { axis: 0 num_axes: 2 } }""", """
+layer { name: "s" type: "Scale" bottom: "input" top: "s" scale_param { axis: 2 num_axes: 2 bias_term: true } }
+layer { name: "output" type: "Scale" bottom: "s" top: "output" scale_param { axis: 0 num_axes: 2 bias_term: true } }""",
+                                 # OpenCV has no Bias layer: a Scale by ones with that bias
+                                 lambda items: [item if item.name != "output" else WeightsLayer(
+                                     "output", "Scale", [np.ones_like(item.blobs[0]), item.blobs[0]])
+                                     for item in items]),
+    "softmax_axis_power_flatten": ({"input": (2, 6, 7, 9)}, """
+layer { name: "sm" type: "Softmax" bottom: "input" top: "sm" softmax_param { axis: 3 } }
+layer { name: "p" type: "Power" bottom: "sm" top: "p" power_param { power: 2 scale: 3 shift: -0.5 } }
+layer { name: "output" type: "Flatten" bottom: "p" top: "output" flatten_param { axis: 1 end_axis: 2 } }"""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPENCV_CASES))
+def test_opencv_layer_tests_convert_and_match_opencv(case, tmp_path):
+    from caffe2torch.net import build_net
+
+    from .classic_nets import classic_weights
+
+    shapes, body, *opencv = OPENCV_CASES[case]
+    header = "\n".join(f'input: "{name}"\ninput_shape {{ {" ".join(f"dim: {d}" for d in shape)} }}'
+                       for name, shape in shapes.items())
+    text = f'name: "{case}"\n{header}\n{body}\n'
+    weights = classic_weights(build_net(spec_from_text(text)), seed=2)
+    for item in weights:  # PReLU slopes in [0, 0.5)
+        if item.type == "PReLU":
+            item.blobs[0] = np.abs(item.blobs[0]) % np.float32(0.5)
+    cv_text = f'name: "{case}"\n{header}\n{opencv[0]}\n' if opencv else None
+    cv_weights = opencv[1](list(weights)) if len(opencv) > 1 else None
+    inputs = {name: random(shape, seed=len(name)) for name, shape in shapes.items()}
+    compare_with_opencv(tmp_path, text, inputs, weights, cv_text, cv_weights)
+
+
+def test_lrn_across_channels_k():
+    # LRNLayer::CrossChannelForward_cpu: scale = k + alpha/size * (sum of squares over `size` channels, zero
+    # padded); top = x * scale^-beta. (OpenCV 4.14 ignores k.)
+    net = net_from_text(net_text('layer { name: "o" type: "LRN" bottom: "x" top: "o" lrn_param { local_size: 3 '
+                                 'alpha: 0.9 beta: 0.75 k: 2 } }', shape=(1, 6, 3, 4)))
+    x = random((1, 6, 3, 4), seed=1)
+    padded = np.pad(x * x, ((0, 0), (1, 1), (0, 0), (0, 0)))
+    scale = 2 + 0.9 / 3 * (padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:])
+    np.testing.assert_allclose(run_net(net, x=x)["o"], x * scale ** -0.75, rtol=1e-6)
+
+
+def test_scale_second_bottom_bias(tmp_path):
+    # ScaleLayer with a second bottom (the factor) and bias_term: the bias is the layer's one blob, shaped like
+    # the factor (OpenCV 4.14 adds it differently).
+    text = net_text('input: "f"\ninput_shape { dim: 6 dim: 7 }\nlayer { name: "o" type: "Scale" bottom: "x" '
+                    'bottom: "f" top: "o" scale_param { axis: 1 bias_term: true } }', shape=(2, 6, 7, 9))
+    bias = random((6, 7), seed=3)
+    write_caffemodel(tmp_path / "s.caffemodel", [WeightsLayer("o", "Scale", [bias])])
+    net, _ = convert(spec_from_text(text), tmp_path / "s.caffemodel")
+    x, factor = random((2, 6, 7, 9), seed=4), random((6, 7), seed=5)
+    expected = x * factor[None, :, :, None] + bias[None, :, :, None]
+    np.testing.assert_allclose(run_net(net, x=x, f=factor)["o"], expected, rtol=1e-5, atol=1e-6)
+    check_onnx(net, {"x": x, "f": factor}, {"o": expected})
+
+
+def caffe_deconvolution(x, weight, bias, stride, pad, dilation, group):
+    """DeconvolutionLayer: per group, columns = W^T x, then col2im (each input pixel spreads its kernel at
+    (h*s - p + i*d, w*s - p + j*d)); output s(in-1) + d(k-1) + 1 - 2p."""
+    n, c, height, width = x.shape
+    out_per_group, kh, kw = weight.shape[1:]
+    out_h = stride[0] * (height - 1) + dilation[0] * (kh - 1) + 1 - 2 * pad[0]
+    out_w = stride[1] * (width - 1) + dilation[1] * (kw - 1) + 1 - 2 * pad[1]
+    top = np.zeros((n, out_per_group * group, out_h, out_w), np.float64)
+    per_group = c // group
+    for g in range(group):
+        for ci in range(g * per_group, (g + 1) * per_group):
+            for co in range(out_per_group):
+                for i in range(kh):
+                    for j in range(kw):
+                        for h in range(height):
+                            for w in range(width):
+                                y = h * stride[0] - pad[0] + i * dilation[0]
+                                z = w * stride[1] - pad[1] + j * dilation[1]
+                                if 0 <= y < out_h and 0 <= z < out_w:
+                                    top[:, g * out_per_group + co, y, z] += x[:, ci, h, w] * weight[ci, co, i, j]
+    return (top + bias[None, :, None, None]).astype(np.float32)
+
+
+def test_dilated_deconvolution(tmp_path):
+    # (OpenCV 4.14 ignores a Deconvolution's dilation.)
+    text = net_text('layer { name: "d" type: "Deconvolution" bottom: "x" top: "d" convolution_param { num_output: 4 '
+                    'group: 2 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 2 dilation: 2 '
+                    'dilation: 3 } }', shape=(1, 4, 4, 5))
+    weight, bias = random((4, 2, 3, 2), seed=6), random((4,), seed=7)
+    write_caffemodel(tmp_path / "d.caffemodel", [WeightsLayer("d", "Deconvolution", [weight, bias])])
+    net, _ = convert(spec_from_text(text), tmp_path / "d.caffemodel")
+    x = random((1, 4, 4, 5), seed=8)
+    expected = caffe_deconvolution(x, weight, bias, (2, 3), (1, 2), (2, 3), 2)
+    out = run_net(net, x=x)["d"]
+    assert out.shape == expected.shape == (1, 4, 9, 12)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    check_onnx(net, {"x": x}, {"d": expected})
+
+
+def test_concat_and_slice_refuse_axis_with_the_legacy_field():
+    # ConcatLayer / SliceLayer::LayerSetUp: "Either axis or concat_dim should be specified; not both."
+    for body in ('layer { name: "c" type: "Concat" bottom: "x" bottom: "x" top: "c" concat_param { axis: 1 '
+                 'concat_dim: 2 } }',
+                 'layer { name: "s" type: "Slice" bottom: "x" top: "a" top: "b" slice_param { axis: 1 '
+                 'slice_dim: 1 } }'):
+        with pytest.raises(NetDefinitionError, match="not both"):
+            net_from_text(net_text(body))
+
+
+def test_count_nonfinite_counts_every_chunk():
+    from caffe2torch.load_weights import count_nonfinite
+
+    values = np.zeros(10, np.float32)
+    values[[1, 7, 9]] = [np.nan, np.inf, -np.inf]
+    assert count_nonfinite(values, chunk=4) == 3 and count_nonfinite(values[:7], chunk=3) == 1
