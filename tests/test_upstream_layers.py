@@ -956,3 +956,36 @@ def test_count_nonfinite_counts_every_chunk():
     values = np.zeros(10, np.float32)
     values[[1, 7, 9]] = [np.nan, np.inf, -np.inf]
     assert count_nonfinite(values, chunk=4) == 3 and count_nonfinite(values[:7], chunk=3) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Expectations of Caffe's own tests (src/caffe/test/test_pooling_layer.cpp, test_spp_layer.cpp)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_caffe_pooling_test_expectations():
+    # TestForwardMaxPadded: kernel 3, stride 2, pad 2 (more than half the kernel) on [[1 2 4] [2 3 2] [4 2 1]].
+    net = net_from_text(net_text(pooling_layer("MAX", (3, 3), (2, 2), (2, 2)), shape=(1, 1, 3, 3)))
+    x = np.array([[1, 2, 4], [2, 3, 2], [4, 2, 1]], np.float32)[None, None]
+    np.testing.assert_array_equal(run_net(net, x=x)["p"][0, 0], [[1, 4, 4], [4, 4, 4], [4, 4, 1]])
+    # TestForwardAve: kernel 3, stride 1, pad 1 on a 3x3 plane of 2s: the padding counts in the divisor.
+    net = net_from_text(net_text(pooling_layer("AVE", (3, 3), (1, 1), (1, 1)), shape=(1, 1, 3, 3)))
+    expected = np.array([[8 / 9, 4 / 3, 8 / 9], [4 / 3, 2, 4 / 3], [8 / 9, 4 / 3, 8 / 9]])
+    np.testing.assert_allclose(run_net(net, x=np.full((1, 1, 3, 3), 2.0))["p"][0, 0], expected, atol=1e-5)
+    # TestForwardSquare with the mask top: kernel 2 (stride 1) on [1 2 5 2 3; 9 4 1 4 8; 1 2 5 2 3].
+    net = net_from_text(net_text(pooling_layer("MAX", (2, 2), (1, 1), (0, 0), mask=True), shape=(2, 2, 3, 5)))
+    plane = np.array([[1, 2, 5, 2, 3], [9, 4, 1, 4, 8], [1, 2, 5, 2, 3]], np.float32)
+    blobs = run_net(net, x=np.tile(plane, (2, 2, 1, 1)))
+    np.testing.assert_array_equal(blobs["p"][1, 1], [[9, 5, 5, 8], [9, 5, 5, 8]])
+    np.testing.assert_array_equal(blobs["m"][1, 1], [[5, 2, 2, 9], [5, 12, 12, 9]])
+
+
+@pytest.mark.parametrize("shape, pyramid_height, channels", [((2, 3, 9, 8), 3, 63), ((4, 3, 1024, 765), 5, 1023),
+                                                              ((10, 3, 7, 7), 3, 63)])
+def test_caffe_spp_test_expectations(shape, pyramid_height, channels):
+    # TestSetup, TestEqualOutputDims, TestEqualOutputDims2: every level gives exactly 4^level cells.
+    from caffe2torch.shapes import infer_shapes
+
+    spec = spec_from_text(net_text(f'layer {{ name: "s" type: "SPP" bottom: "x" top: "s" spp_param {{ '
+                                   f'pyramid_height: {pyramid_height} }} }}', shape=shape))
+    assert infer_shapes(spec).blobs["s"] == (shape[0], channels)
