@@ -179,7 +179,8 @@ def upgrade_hole_to_dilation(net: RawNet) -> None:
 
 def _pair(param: dict[str, Any], name: str, default: int | None, net: RawNet, layer: dict[str, Any]) -> list[Any]:
     """Caffe's 2-D rule for kernel/pad/stride/dilation: `name_h`+`name_w`, else `name` once (both axes) or
-    twice (h, w); scalar or repeated, depending on the dialect's schema."""
+    twice (h, w); scalar or repeated, depending on the dialect's schema. A convolution's N values (N spatial
+    axes, not 2) stay a list of N (layers/conv.py reads them per axis)."""
     key = "kernel_size" if name == "kernel" else name
     h, w = param.pop(f"{name}_h", None), param.pop(f"{name}_w", None)
     value = param.pop(key, None)
@@ -194,9 +195,9 @@ def _pair(param: dict[str, Any], name: str, default: int | None, net: RawNet, la
         return [default, default]
     if len(values) == 1:
         return [values[0], values[0]]
-    if len(values) == 2:
-        return list(values)
-    raise NetDefinitionError(f"'{key}' has {len(values)} values; only 2-D nets are supported", net.where(layer))
+    if len(values) == 2 or layer.get("convolution_param") is param:
+        return list(values)  # a convolution may have any number of spatial axes (one value per axis)
+    raise NetDefinitionError(f"'{key}' has {len(values)} values; Caffe's pooling is 2-D", net.where(layer))
 
 
 def upgrade_spatial_pairs(net: RawNet) -> None:

@@ -123,10 +123,10 @@ def test_unsupported_layers_are_listed_together():
     with pytest.raises(UnsupportedError) as info:
         net_from_text(HEAD + 'layer { name: "a" type: "Mystery" bottom: "x" top: "a" }\n'
                       'layer { name: "b" type: "Convolution" bottom: "x" top: "b" convolution_param { num_output: 1 '
-                      'kernel_size: 2 axis: 0 } }\n'
+                      'kernel_size: 2 dilation: 0 } }\n'
                       'layer { name: "c" type: "AlsoUnknown" bottom: "x" top: "c" }')
     text = str(info.value)
-    assert "3 unsupported" in text and "'a'" in text and "axis=0" in text and "AlsoUnknown" in text
+    assert "3 unsupported" in text and "'a'" in text and "dilation 0" in text and "AlsoUnknown" in text
     assert "test.prototxt:3" in text
 
 

@@ -989,3 +989,80 @@ def test_caffe_spp_test_expectations(shape, pyramid_height, channels):
     spec = spec_from_text(net_text(f'layer {{ name: "s" type: "SPP" bottom: "x" top: "s" spp_param {{ '
                                    f'pyramid_height: {pyramid_height} }} }}', shape=shape))
     assert infer_shapes(spec).blobs["s"] == (shape[0], channels)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# N-D convolution: BaseConvolutionLayer's channel axis and any number of spatial axes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def caffe_convolution_nd(x, weight, bias, stride, pad, dilation, group):
+    """caffe_conv (test_convolution_layer.cpp's reference) for any number of spatial axes, channel axis 1:
+    out[n, o, p...] = sum over c, k of in[n, g*C/g + c, p*s - pad + k*d] * w[o, c, k] (zero outside)."""
+    n, channels, *sizes = x.shape
+    out_channels, per_group, *kernel = weight.shape
+    outs = [(size + 2 * q - (d * (k - 1) + 1)) // s + 1
+            for size, k, q, s, d in zip(sizes, kernel, pad, stride, dilation)]
+    padded = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(q, q) for q in pad])
+    top = np.zeros((n, out_channels, *outs))
+    outputs_per_group = out_channels // group
+    for offset in np.ndindex(*kernel):
+        window = tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
+                       for k, d, s, o in zip(offset, dilation, stride, outs))
+        taps = padded[(slice(None), slice(None), *window)]
+        for g in range(group):
+            part = taps[:, g * per_group:(g + 1) * per_group]
+            w = weight[g * outputs_per_group:(g + 1) * outputs_per_group, :, *offset]
+            top[:, g * outputs_per_group:(g + 1) * outputs_per_group] += np.einsum("nc...,oc->no...", part, w)
+    return (top + bias.reshape(1, -1, *[1] * len(sizes))).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape, params, kernel, stride, pad, dilation", [
+    # Caffe's TestSimple3DConvolution / TestDilated3DConvolution geometry: kernel 3, stride 2 or dilation 2
+    ((2, 4, 5, 6, 4), "kernel_size: 3 stride: 2", (3, 3, 3), (2, 2, 2), (0, 0, 0), (1, 1, 1)),
+    ((2, 4, 6, 7, 8), "kernel_size: 3 dilation: 2", (3, 3, 3), (1, 1, 1), (0, 0, 0), (2, 2, 2)),
+    # one value per axis, with padding and groups
+    ((1, 4, 5, 7, 6), "kernel_size: 1 kernel_size: 3 kernel_size: 2 pad: 0 pad: 1 pad: 1 stride: 1 stride: 2 "
+                      "stride: 1 group: 2", (1, 3, 2), (1, 2, 1), (0, 1, 1), (1, 1, 1)),
+    # 1-D: (N, C, L)
+    ((2, 4, 11), "kernel_size: 3 pad: 2 stride: 2 dilation: 2", (3,), (2,), (2,), (2,)),
+])
+def test_nd_convolution(shape, params, kernel, stride, pad, dilation, tmp_path):
+    text = net_text(f'layer {{ name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param {{ '
+                    f'num_output: 6 {params} }} }}', shape=shape)
+    group = 2 if "group" in params else 1
+    weight, bias = random((6, shape[1] // group, *kernel), seed=1), random((6,), seed=2)
+    write_caffemodel(tmp_path / "c.caffemodel", [WeightsLayer("c", "Convolution", [weight, bias])])
+    net, _ = convert(spec_from_text(text), tmp_path / "c.caffemodel")
+    x = random(shape, seed=3)
+    expected = caffe_convolution_nd(x, weight, bias, stride, pad, dilation, group)
+    out = run_net(net, x=x)["c"]
+    assert out.shape == expected.shape == net.shapes.blobs["c"]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    check_onnx(net, {"x": x}, {"c": expected})
+
+
+def test_0d_convolution_and_3d_deconvolution(tmp_path):
+    # Test0DConvolution: channel axis 3 of a 4-D blob, no spatial axes: each position of the first three axes
+    # is an InnerProduct over the last. A 3-D Deconvolution is the transpose of a 3-D convolution (checked
+    # through the adjoint identity <deconv(y), x> = <y, conv(x)> with the same weights, no bias).
+    text = net_text('layer { name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 5 '
+                    'kernel_size: 1 axis: 3 } }\nlayer { name: "v" type: "Convolution" bottom: "y" top: "v" '
+                    'convolution_param { num_output: 2 kernel_size: 2 stride: 2 pad: 1 bias_term: false } }\n'
+                    'layer { name: "d" type: "Deconvolution" bottom: "w" top: "d" convolution_param { num_output: 3 '
+                    'kernel_size: 2 stride: 2 pad: 1 bias_term: false } }\n'
+                    'input: "y"\ninput_shape { dim: 1 dim: 3 dim: 4 dim: 6 dim: 4 }\n'
+                    'input: "w"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 4 dim: 3 }', shape=(2, 3, 4, 7))
+    weight, bias = random((5, 7), seed=4), random((5,), seed=5)
+    kernel3d = random((2, 3, 2, 2, 2), seed=6)
+    write_caffemodel(tmp_path / "w.caffemodel", [WeightsLayer("c", "Convolution", [weight, bias]),
+                                                 WeightsLayer("v", "Convolution", [kernel3d]),
+                                                 WeightsLayer("d", "Deconvolution", [kernel3d])])
+    net, _ = convert(spec_from_text(text), tmp_path / "w.caffemodel")
+    x, y, w = random((2, 3, 4, 7), seed=7), random((1, 3, 4, 6, 4), seed=8), random((1, 2, 3, 4, 3), seed=9)
+    blobs = run_net(net, x=x, y=y, w=w)
+    assert blobs["c"].shape == (2, 3, 4, 5) and blobs["d"].shape == (1, 3, 4, 6, 4)
+    np.testing.assert_allclose(blobs["c"], x @ weight.T + bias, rtol=1e-5, atol=1e-6)
+    assert blobs["v"].shape == w.shape
+    np.testing.assert_allclose(float((blobs["d"] * y).sum()), float((w * blobs["v"]).sum()), rtol=1e-4)
+    check_onnx(net, {"x": x, "y": y, "w": w}, {k: blobs[k] for k in ("c", "v", "d")})

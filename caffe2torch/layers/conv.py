@@ -31,9 +31,27 @@ def _conv_geometry(spec: LayerSpec) -> tuple[list[int], list[int], list[int], li
     return list(p["kernel"]), list(p["stride"]), list(p["pad"]), list(p["dilation"])
 
 
+def per_axis(values: list[int], axes: int, name: str) -> list[int]:
+    """BaseConvolutionLayer::LayerSetUp's rule for one of kernel/stride/pad/dilation with `axes` spatial axes:
+    given once (the upgrade stores it twice) or once per axis."""
+    if len(values) == axes:
+        return list(values)
+    if len(set(values)) == 1:
+        return [values[0]] * axes
+    raise ValueError(f"{name} {_pair_text(values)}: must be given once, or once per spatial axis ({axes})")
+
+
+def conv_axes(spec: LayerSpec, bottom: Shape) -> tuple[int, int]:
+    """(channel axis, number of spatial axes after it): Caffe's convolution_param.axis, canonical."""
+    axis = canonical_axis(spec.param("convolution_param").get("axis", 1), len(bottom))
+    return axis, len(bottom) - axis - 1
+
+
 class _ConvBase(LayerConverter):
     """Convolution and Deconvolution differ only in their size rule, weight layout and module. Several bottoms
-    give as many tops, each filtered with the same weights (Caffe's EqualNumBottomTopBlobs)."""
+    give as many tops, each filtered with the same weights (Caffe's EqualNumBottomTopBlobs). The channel axis is
+    convolution_param.axis (default 1); every axis after it is spatial (0 to 3 of them here: Caffe's N-D
+    convolution), and the axes before it are independent samples."""
 
     size_rule = staticmethod(conv_output_size)
     bottom_counts = (1, None)
@@ -65,20 +83,30 @@ class _ConvBase(LayerConverter):
 
     def check(self, spec: LayerSpec, ctx: BuildContext) -> list[str]:
         p = spec.param("convolution_param")
-        problems = []
-        if p.get("axis", 1) != 1:
-            problems.append(f"convolution_param.axis={p['axis']} (only the channel axis 1 is supported)")
         if 0 in p.get("dilation", [1]):
-            problems.append("dilation 0 (every tap reads the same pixel; torch requires dilation >= 1)")
-        return problems
+            return ["dilation 0 (every tap reads the same pixel; torch requires dilation >= 1)"]
+        return []
 
     def window(self, spec: LayerSpec):
         kernel, stride, _, dilation = _conv_geometry(spec)
+        if len(kernel) != 2 or spec.param("convolution_param").get("axis", 1) != 1:
+            return None
         return tuple(kernel), tuple(stride), tuple(dilation)
+
+    def geometry(self, spec: LayerSpec, bottom: Shape) -> tuple[int, int, list[int], list[int], list[int], list[int]]:
+        """(channel axis, spatial axes, kernel, stride, pad, dilation) per spatial axis, for this bottom."""
+        axis, axes = conv_axes(spec, bottom)
+        if axes > 3:
+            raise ValueError(f"a {axes}-D convolution (channel axis {axis} of a {len(bottom)}-D bottom): "
+                             "caffe2torch runs 0- to 3-D ones")
+        kernel, stride, pad, dilation = _conv_geometry(spec)
+        return (axis, axes, per_axis(kernel, axes, "kernel size"), per_axis(stride, axes, "stride"),
+                per_axis(pad, axes, "pad"), per_axis(dilation, axes, "dilation"))
 
     def _channels(self, spec: LayerSpec, bottoms: list[Shape]) -> tuple[int | None, int, int]:
         p = spec.param("convolution_param")
-        return bottoms[0][1], int(p["num_output"]), int(p.get("group", 1))
+        axis, _ = conv_axes(spec, bottoms[0])
+        return bottoms[0][axis], int(p["num_output"]), int(p.get("group", 1))
 
     def weight_shape(self, cin: int | None, out: int, group: int, kernel: list[int]) -> Shape:
         raise NotImplementedError
@@ -87,23 +115,20 @@ class _ConvBase(LayerConverter):
         raise NotImplementedError
 
     def output_shapes(self, spec, bottoms, ctx):
-        kernel, stride, pad, dilation = _conv_geometry(spec)
+        axis, axes, kernel, stride, pad, dilation = self.geometry(spec, bottoms[0])
         cin, out, group = self._channels(spec, bottoms)
-        if len(bottoms[0]) != 4:
-            raise ValueError(f"{spec.type} needs a 4-D bottom (N, C, H, W), not {len(bottoms[0])}-D")
         for index, other in enumerate(bottoms[1:], 1):
             if not same_shape(bottoms[0], other):
                 raise ValueError(f"every bottom of a {spec.type} must have the same shape: bottom 0 is "
                                  f"{shape_text(bottoms[0])}, bottom {index} {shape_text(other)}")
         if cin is not None and cin % group:
             raise ValueError(f"the input's {cin} channels are not a multiple of group {group}")
-        n, _, h, w = bottoms[0]
-        top = (n, out, self.size_rule(h, kernel[0], pad[0], stride[0], dilation[0]),
-               self.size_rule(w, kernel[1], pad[1], stride[1], dilation[1]))
-        return [top] * len(bottoms)
+        spatial = [self.size_rule(size, k, q, s, d) for size, k, q, s, d in
+                   zip(bottoms[0][axis + 1:], kernel, pad, stride, dilation)]
+        return [(*bottoms[0][:axis], out, *spatial)] * len(bottoms)
 
     def blob_shapes(self, spec, bottoms):
-        kernel, *_ = _conv_geometry(spec)
+        _, _, kernel, *_ = self.geometry(spec, bottoms[0])
         cin, out, group = self._channels(spec, bottoms)
         shapes: list[Shape] = [self.weight_shape(cin, out, group, kernel)]
         if param_bool(spec, "convolution_param", "bias_term", True):
@@ -111,20 +136,24 @@ class _ConvBase(LayerConverter):
         return shapes
 
     def build(self, spec, bottoms, ctx):
-        kernel, stride, pad, dilation = _conv_geometry(spec)
+        axis, axes, kernel, stride, pad, dilation = self.geometry(spec, bottoms[0])
         cin, out, group = self._channels(spec, bottoms)
         if cin is None:
             raise ValueError("the input channel count is unknown; give --input-shape")
-        return self.module_class()(cin, out, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation), group,
-                                   param_bool(spec, "convolution_param", "bias_term", True))
+        bias = param_bool(spec, "convolution_param", "bias_term", True)
+        if axis == 1 and axes == 2:
+            return self.module_class()(cin, out, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation), group,
+                                       bias)
+        return CaffeConvolutionND(self.weight_shape(cin, out, group, kernel), axis, stride, pad, dilation, group,
+                                  bias, transposed=isinstance(self, DeconvolutionConverter))
 
 
 @register("Convolution")
 class ConvolutionConverter(_ConvBase):
-    """Weights (out, in/group, kh, kw), as torch's."""
+    """Weights (out, in/group, *kernel), as torch's."""
 
     def weight_shape(self, cin, out, group, kernel):
-        return (out, None if cin is None else cin // group, kernel[0], kernel[1])
+        return (out, None if cin is None else cin // group, *kernel)
 
     def module_class(self):
         return CaffeConvolution
@@ -143,12 +172,12 @@ class CaffeConvolution(nn.Conv2d, CaffeLayer):
 
 @register("Deconvolution")
 class DeconvolutionConverter(_ConvBase):
-    """Weights (in, out/group, kh, kw), as torch's ConvTranspose2d; output s(in-1) + d(k-1) + 1 - 2p."""
+    """Weights (in, out/group, *kernel), as torch's ConvTranspose; output s(in-1) + d(k-1) + 1 - 2p per axis."""
 
     size_rule = staticmethod(deconv_output_size)
 
     def weight_shape(self, cin, out, group, kernel):
-        return (cin, out // group, kernel[0], kernel[1])
+        return (cin, out // group, *kernel)
 
     def module_class(self):
         return CaffeDeconvolution
@@ -170,6 +199,49 @@ class CaffeDeconvolution(nn.ConvTranspose2d, CaffeLayer):
         if len(xs) == 1:
             return super().forward(xs[0])
         return tuple(super(CaffeDeconvolution, self).forward(x) for x in xs)
+
+
+CONVOLUTIONS = {False: (F.conv1d, F.conv1d, F.conv2d, F.conv3d),
+                True: (F.conv_transpose1d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)}
+
+
+class CaffeConvolutionND(CaffeLayer):
+    """Caffe's convolution with a channel axis other than 1 or a number of spatial axes other than 2: the axes
+    before the channel axis are folded into one batch axis, torch's 1-D, 2-D or 3-D convolution runs (a 0-D one
+    as a 1-D one over a single position), and the top takes back the leading axes."""
+
+    def __init__(self, weight_shape, axis, stride, pad, dilation, group, bias, transposed):
+        super().__init__()
+        self.axis, self.group, self.transposed = axis, group, transposed
+        self.spatial = len(weight_shape) - 2
+        self.stride, self.pad, self.dilation = tuple(stride) or (1,), tuple(pad) or (0,), tuple(dilation) or (1,)
+        self.weight = nn.Parameter(torch.zeros(weight_shape))
+        self.bias = nn.Parameter(torch.zeros(weight_shape[1] * group if transposed else weight_shape[0])) \
+            if bias else None
+        self.blob_names = ("weight", "bias") if bias else ("weight",)
+
+    def _one(self, x):
+        lead = x.shape[: self.axis]
+        folded = x.reshape(-1, *x.shape[self.axis:])
+        weight = self.weight
+        if self.spatial == 0:  # one position: a 1-D convolution of length 1
+            folded, weight = folded.unsqueeze(-1), weight.unsqueeze(-1)
+        fn = CONVOLUTIONS[self.transposed][self.spatial]
+        if self.transposed:
+            out = fn(folded, weight, self.bias, self.stride, self.pad, 0, self.group, self.dilation)
+        else:
+            out = fn(folded, weight, self.bias, self.stride, self.pad, self.dilation, self.group)
+        if self.spatial == 0:
+            out = out.squeeze(-1)
+        return out.reshape(*lead, *out.shape[1:])
+
+    def forward(self, *xs):
+        return self._one(xs[0]) if len(xs) == 1 else tuple(self._one(x) for x in xs)
+
+    def extra_repr(self) -> str:
+        kind = "transposed " if self.transposed else ""
+        return (f"{kind}{self.spatial}-D, weight {tuple(self.weight.shape)}, channel axis {self.axis}, "
+                f"stride={self.stride}, pad={self.pad}, dilation={self.dilation}, group={self.group}")
 
 
 @register("InnerProduct")
