@@ -668,8 +668,17 @@ layer { name: "fc" type: "InnerProduct" bottom: "a" top: "fc" inner_product_para
     assert report.ok and report.loaded == ["conv", "fc"]
     x = random((1, 2, 3, 3), seed=1)
     a = np.maximum(np.einsum("oi,nihw->nohw", conv[0][:, :, 0, 0], x) + conv[1][None, :, None, None], 0)
-    np.testing.assert_allclose(run_net(net, x=x)["fc"], a.reshape(1, -1) @ fc[0].T + fc[1], rtol=1e-5)
+    expected = a.reshape(1, -1) @ fc[0].T + fc[1]
+    np.testing.assert_allclose(run_net(net, x=x)["fc"], expected, rtol=1e-5)
     assert set(dict(net.named_modules())) >= {"layers.conv", "layers.conv#2", "layers.fc"}
+    check_onnx(net, {"x": x}, {"fc": expected})
+    import caffe2torch
+    from caffe2torch.artifact import save_artifact
+
+    save_artifact(net, tmp_path / "net.safetensors")
+    again = caffe2torch.load(tmp_path / "net.safetensors")
+    assert [layer.file_name for layer in again.spec.layers] == ["conv", "conv", "fc"]
+    np.testing.assert_allclose(run_net(again, x=x)["fc"], expected, rtol=1e-5)
 
 
 def test_shared_parameters_take_the_last_copy(tmp_path):
