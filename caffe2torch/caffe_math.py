@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 
 def conv_output_size(size: int | None, kernel: int, pad: int, stride: int, dilation: int = 1) -> int | None:
     """Convolution: floor((in + 2p - (d(k-1)+1)) / s) + 1. DeepLab v1's `hole` is this dilation."""
@@ -26,27 +28,41 @@ def deconv_output_size(size: int | None, kernel: int, pad: int, stride: int, dil
     return stride * (size - 1) + dilation * (kernel - 1) + 1 - 2 * pad
 
 
-def pool_output_size(size: int | None, kernel: int, pad: int, stride: int) -> int | None:
-    """Pooling rounds up, then drops a last window that would start in the bottom/right padding:
-    out = ceil((in + 2p - k)/s) + 1, minus 1 if p > 0 and (out-1)*s >= in + p."""
+def as_count(flag):
+    """A comparison's outcome as 0 or 1, for Python ints and for the traced shape values of an ONNX export
+    alike (tracing records shapes as tensors, and torch cannot subtract a bool tensor)."""
+    return flag.to(torch.int64) if isinstance(flag, torch.Tensor) else int(flag)
+
+
+def pool_output_size(size, kernel: int, pad: int, stride: int, round_mode: str = "CEIL"):
+    """Caffe's PoolingLayer::Reshape: ceil((in + 2p - k)/s) + 1 (round_mode FLOOR: floor), then, with padding,
+    minus 1 if the last window would start in the bottom/right padding ((out-1)*s >= in + p). Integer
+    arithmetic only, so a traced export records it for any input size; `size` None gives None."""
     if size is None:
         return None
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
-        out -= 1
+    span = size + 2 * pad - kernel
+    out = (span + stride - 1) // stride + 1 if round_mode == "CEIL" else span // stride + 1
+    if pad > 0:
+        out = out - as_count((out - 1) * stride >= size + pad)
     return out
 
 
-def pool_average_divisors(size: int, kernel: int, pad: int, stride: int) -> list[int]:
+def pool_average_divisors(size: int, kernel: int, pad: int, stride: int, round_mode: str = "CEIL") -> list[int]:
     """Caffe's AVE divisor per output position along one axis: the window clipped to [-p, in+p) *before*
-    clipping to the image, so padding cells count and the ceil-mode overhang past in+p does not."""
-    out = pool_output_size(size, kernel, pad, stride)
-    divisors = []
-    for i in range(out or 0):
-        start = i * stride - pad
-        end = min(start + kernel, size + pad)
-        divisors.append(end - start)
-    return divisors
+    clipping to the image, so padding cells count and the ceil-mode overhang past in+p does not:
+    min(k, in + 2p - i*s). Without padding a window that starts past the input (kernel < stride) gets a
+    divisor <= 0, as in Caffe (0/0 is NaN there, 0/negative is -0)."""
+    out = pool_output_size(size, kernel, pad, stride, round_mode)
+    return [min(kernel, size + 2 * pad - i * stride) for i in range(out or 0)]
+
+
+def pool_pads_torch_cannot_express(kernel: int, pad: int, stride: int, round_mode: str = "CEIL") -> bool:
+    """Whether torch's own pooling (padding, ceil_mode, count_include_pad) differs from Caffe's on this axis:
+    torch requires pad <= kernel/2, and in ceil mode it drops a last window starting past the input even
+    without padding, which Caffe keeps (possible only when kernel < stride)."""
+    if 2 * pad > kernel:
+        return True
+    return round_mode == "CEIL" and pad == 0 and kernel < stride
 
 
 def interp_output_size(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from caffe2torch.errors import CaffeError, Location, UnsupportedError
 from caffe2torch.in_net_crf import needed_inputs
+from caffe2torch.layers import get_converter
 from caffe2torch.netspec import NetSpec
 from caffe2torch.shapes import ShapeReport, infer_shapes
 
@@ -212,6 +213,8 @@ def accepted_input_sizes(spec: NetSpec, outputs: list[str] | None = None) -> Inp
     if declared is None:
         raise CaffeError("the net has no 4-D image input (N, C, H, W)", Location(spec.source))
     base = infer_shapes(spec, check=False)
+    if any(getattr(get_converter(layer.type), "fixes_input_size", False) for layer in spec.layers):
+        return fixed_sizes(*declared, batch_free=False)  # SPP windows, recurrent timesteps: set up at this size
     batch_report = probe(with_input_sizes(spec, batch=2))
     batch_free = batch_report is not None and _same_weights(batch_report, base)
     if not same_spatial_size(spec, outputs):

@@ -1,11 +1,13 @@
 """Caffemodel blobs → CaffeNet parameters, by layer name, with shape checks.
 
-Strict by default: missing layers, caffemodel layers the net does not use, and shape mismatches are gathered
-and raised together. Legacy blob shapes (DeepLab v1's num/channels/height/width: biases as 1x1x1xN,
+Layers are matched by name exactly as Caffe's Net::CopyTrainedLayersFrom does (see match_weights), repeated
+names included. Strict by default: missing layers, caffemodel layers the net does not use, and shape mismatches
+are gathered and raised together. Legacy blob shapes (DeepLab v1's num/channels/height/width: biases as 1x1x1xN,
 InnerProduct weights as 1x1xNxK) are accepted when they differ from the expected shape only by leading 1s.
-Layers that share parameters by ParamSpec name load them once, from the owning layer (Caffe repeats shared
-blobs in every layer that uses them). NaN and infinite weights load as they are (Caffe would run with them
-too) but are counted per layer in the report, so every command can warn about them.
+Layers that share parameters by ParamSpec name load them once, into the owning layer; as in Caffe, which
+copies every layer's blobs into the shared blob in turn, the last copy in the caffemodel wins. NaN and infinite
+weights load as they are (Caffe would run with them too) but are counted per layer in the report, so every
+command can warn about them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from caffe2torch.caffemodel import CaffeModel, read_caffemodel
 from caffe2torch.errors import WeightsMismatchError
 from caffe2torch.net import CaffeNet
-from caffe2torch.netspec import NetSpec, Shape
+from caffe2torch.netspec import LayerSpec, NetSpec, Shape
 from caffe2torch.shapes import ShapeReport
 
 
@@ -62,8 +64,8 @@ class LoadReport:
 def count_nonfinite(array: np.ndarray, chunk: int = 1 << 22) -> int:
     """NaN and infinite values in an array, a chunk at a time (no full-size temporary for a large blob)."""
     flat = array.reshape(-1)
-    return sum(int(flat.size - np.count_nonzero(np.isfinite(flat[i : i + chunk])))
-               for i in range(0, flat.size, chunk))
+    return sum(int(piece.size - np.count_nonzero(np.isfinite(piece)))
+               for piece in (flat[i : i + chunk] for i in range(0, flat.size, chunk)))
 
 
 def record_nonfinite(report: LoadReport, layer: str, blobs: list[np.ndarray]) -> None:
@@ -72,40 +74,81 @@ def record_nonfinite(report: LoadReport, layer: str, blobs: list[np.ndarray]) ->
         report.nonfinite[layer] = (bad, sum(b.size for b in blobs))
 
 
+BLOBLESS = "(a layer of that name without blobs: Caffe stops at it too, 'Incompatible number of blobs')"
+
+
+@dataclass
+class _Target:
+    """A layer of the net as Caffe's Net holds it, for CopyTrainedLayersFrom: the file's name, and either the
+    LayerSpec (with its expected blob shapes) or a layer dropped for inference (data, loss, metric: no blobs;
+    one dropped for reading a label may have some, and takes whatever the caffemodel holds)."""
+
+    name: str
+    kind: str
+    line: int | None
+    layer: LayerSpec | None = None
+    expected: list[Shape] = field(default_factory=list)
+    absorbs: bool = False
+
+
+def caffe_layer_order(spec: NetSpec, shapes: ShapeReport) -> list[_Target]:
+    """The layers Caffe's Net has at this phase, in file order: the kept ones and those dropped for inference
+    (not those the phase rules leave out)."""
+    expected = {info.name: info.blob_shapes for info in shapes.layers}
+    targets = [_Target(layer.file_name, layer.type, layer.line, layer, list(expected.get(layer.name, [])))
+               for layer in spec.layers]
+    for dropped in spec.dropped:
+        if dropped.reason.startswith("not in "):
+            continue
+        targets.append(_Target(dropped.name, dropped.type, dropped.line, absorbs=dropped.reason.startswith("reads ")))
+    order = {id(t): i for i, t in enumerate(targets)}
+    return sorted(targets, key=lambda t: (t.line if t.line is not None else float("inf"), order[id(t)]))
+
+
+def _where(target: _Target) -> str:
+    return f"{target.name} ({target.kind})"
+
+
 def match_weights(
     spec: NetSpec, shapes: ShapeReport, model: CaffeModel, nonfinite: bool = True
-) -> tuple[LoadReport, dict[str, list[np.ndarray]]]:
-    """Pair the net's layers with the caffemodel's, checking counts and shapes; load nothing. Needs only the
-    NetSpec and its inferred shapes, so `deeplab-info` can check weights without building the net. With
-    `nonfinite`, NaN and infinite values are counted too (a pass over the weights); a loader that copies the
-    blobs anyway counts them as it goes (record_nonfinite) and passes False."""
+) -> tuple[LoadReport, dict[str, list[np.ndarray | None]]]:
+    """Pair the net's layers with the caffemodel's as Caffe's Net::CopyTrainedLayersFrom does, checking counts and
+    shapes; load nothing. For each caffemodel layer in file order, the FIRST layer of the net with its name takes
+    its blobs (the blob counts must agree, blob-less layers included: Caffe stops otherwise), so a later caffemodel
+    layer of the same name overwrites an earlier one, a net layer that repeats an earlier layer's name never gets
+    weights (Caffe would run it with its filler's values: reported missing), and a blob shared by ParamSpec name
+    holds whichever copy came last. Needs only the NetSpec and its inferred shapes, so `deeplab-info` can check
+    weights without building the net. With `nonfinite`, NaN and infinite values are counted too (a pass over the
+    weights); a loader that copies the blobs anyway counts them as it goes (record_nonfinite) and passes False.
+    The plan maps each layer's internal name to its blobs, None where a blob is another layer's (shared)."""
     report = LoadReport()
-    plan: dict[str, list[np.ndarray]] = {}
-    available = {layer.name: layer for layer in model.with_blobs()}
-    expected_by_layer = {info.name: info.blob_shapes for info in shapes.layers}
     ties = spec.shared_parameters()
-    for layer in spec.layers:
-        expected = expected_by_layer.get(layer.name, [])
-        if not expected:
-            source = available.get(layer.name)
-            if source is not None:
-                report.mismatched.append(f"{layer.name} ({layer.type}): the caffemodel has {len(source.blobs)} "
-                                         "blob(s) for a layer that has no parameters here")
+    targets = caffe_layer_order(spec, shapes)
+    first: dict[str, _Target] = {}
+    for target in targets:
+        first.setdefault(target.name, target)
+    assigned: dict[tuple[str, int], np.ndarray] = {}
+    copied: set[str] = set()
+    refused: set[str] = set()  # mismatched: reported once, not as missing too
+    for source in model.layers:
+        target = first.get(source.name)
+        if target is None:
+            if source.blobs:
+                report.unused.append(source.name)
             continue
-        fully_tied = all((layer.name, i) in ties for i in range(len(expected)))
-        source = available.get(layer.name)
-        if fully_tied:
-            report.shared.append(layer.name)
+        if target.absorbs or (not source.blobs and not target.expected):
             continue
-        if source is None:
-            report.missing.append(layer.name)
+        if target.layer is None or not target.expected:
+            report.mismatched.append(f"{_where(target)}: the caffemodel has {len(source.blobs)} blob(s) for a layer "
+                                     "that has no parameters here")
             continue
+        expected = target.expected
+        refused.add(target.layer.name)
         if len(source.blobs) != len(expected):
-            report.mismatched.append(
-                f"{layer.name} ({layer.type}): the net expects {len(expected)} blob(s) "
-                f"{', '.join(str(tuple(s)) for s in expected)}, the caffemodel has {len(source.blobs)} "
-                f"{', '.join(str(b.shape) for b in source.blobs)}"
-            )
+            have = ", ".join(str(b.shape) for b in source.blobs) or BLOBLESS
+            report.mismatched.append(f"{_where(target)}: the net expects {len(expected)} blob(s) "
+                                     f"{', '.join(str(tuple(s)) for s in expected)}, the caffemodel has "
+                                     f"{len(source.blobs)} {have}")
             continue
         bad = [
             f"blob {i}: expected {tuple(e)}, got {tuple(b.shape)}"
@@ -113,26 +156,58 @@ def match_weights(
             if not blob_shape_matches(tuple(e), tuple(b.shape))
         ]
         if bad:
-            report.mismatched.append(f"{layer.name} ({layer.type}): " + "; ".join(bad))
+            report.mismatched.append(f"{_where(target)}: " + "; ".join(bad))
             continue
-        plan[layer.name] = source.blobs
-        report.loaded.append(layer.name)
-        if nonfinite:
-            record_nonfinite(report, layer.name, source.blobs)
-            model.release(source.blobs)  # counting read the mapped pages: let the kernel drop them again
-    known = {layer.name for layer in spec.layers}
-    report.unused = [name for name in available if name not in known]
+        name = target.layer.name
+        refused.discard(name)
+        copied.add(name)
+        for index, blob in enumerate(source.blobs):
+            assigned[ties.get((name, index), (name, index))] = blob
+    plan: dict[str, list[np.ndarray | None]] = {}
+    for layer in spec.layers:
+        expected = next((t.expected for t in targets if t.layer is layer), [])
+        if not expected:
+            continue
+        keys = [ties.get((layer.name, i), (layer.name, i)) for i in range(len(expected))]
+        if not all(key in assigned for key in keys):
+            if layer.name not in refused:
+                report.missing.append(_missing_text(layer, first))
+            continue
+        own = [assigned[key] if key == (layer.name, i) else None for i, key in enumerate(keys)]
+        if any(blob is not None for blob in own):
+            plan[layer.name] = own
+        if layer.name in copied:
+            report.loaded.append(layer.file_name)
+        else:
+            report.shared.append(layer.file_name)
+        if nonfinite and any(blob is not None for blob in own):
+            present = [blob for blob in own if blob is not None]
+            record_nonfinite(report, layer.file_name, present)
+            model.release(present)  # counting read the mapped pages: let the kernel drop them again
     return report, plan
 
 
-def load_plan(net: CaffeNet, model: CaffeModel, plan: dict[str, list[np.ndarray]], report: LoadReport) -> None:
+def _missing_text(layer: LayerSpec, first: dict[str, _Target]) -> str:
+    """A missing layer's entry: its name, and for a repeated name why Caffe would not load it either."""
+    owner = first.get(layer.file_name)
+    if owner is None or owner.layer is layer:
+        return layer.file_name
+    return (f"{layer.file_name} (line {layer.line}): an earlier layer has the same name ({_where(owner)}, line "
+            f"{owner.line}), and "
+            f"Caffe copies the caffemodel's '{layer.file_name}' blobs only into the first layer of that name, so "
+            "Caffe would run this one with its filler's initial values")
+
+
+def load_plan(net: CaffeNet, model: CaffeModel, plan: dict[str, list[np.ndarray | None]], report: LoadReport) -> None:
     """Copy matched blobs into the net layer by layer, counting non-finite values while the pages are in
     memory, then letting the kernel drop them: a large model never sits in memory twice."""
+    names = {layer.name: layer.file_name for layer in net.spec.layers}
     for name, blobs in plan.items():
-        # A blob shared by ParamSpec name is loaded once, through the layer that owns it.
+        # A blob shared by ParamSpec name is loaded once, into the layer that owns it (None elsewhere).
         net.module(name).load_blobs([None if (name, i) in net.ties else b for i, b in enumerate(blobs)])
-        record_nonfinite(report, name, blobs)
-        model.release(blobs)
+        present = [b for b in blobs if b is not None]
+        record_nonfinite(report, names.get(name, name), present)
+        model.release(present)
 
 
 def load_caffemodel_weights(

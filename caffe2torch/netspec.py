@@ -37,6 +37,15 @@ class LayerSpec:
     # Fields no known Caffe schema has ({"field": dotted path, "line": n, "column": n}): a converter cannot know
     # what they mean, so they are reported as unsupported parameters (see shapes.check_supported).
     unknown_fields: list[dict[str, Any]] = field(default_factory=list)
+    # The name the prototxt gives the layer, where it differs from `name`: Caffe runs layers that share a name,
+    # so the upgrade makes `name` unique ('conv1', 'conv1#2', ...) for module keys and parameters, and keeps
+    # the file's name here for messages and for matching the caffemodel (see load_weights.py).
+    caffe_name: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        """The layer's name as the prototxt writes it."""
+        return self.caffe_name if self.caffe_name is not None else self.name
 
     def param(self, message: str) -> dict[str, Any]:
         """The named parameter message, empty when the prototxt did not set it."""

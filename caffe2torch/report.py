@@ -25,6 +25,10 @@ class NetReport:
     caffemodel: str | None = None
     notes: list[str] = field(default_factory=list)
 
+    def file_name(self, name: str) -> str:
+        """A layer's name as its prototxt writes it (repeated names are unique only inside caffe2torch)."""
+        return next((layer.file_name for layer in self.spec.layers if layer.name == name), name)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.spec.name,
@@ -35,7 +39,8 @@ class NetReport:
                        for i in self.spec.inputs],
             "outputs": self.spec.outputs(),
             "layers": [
-                {"name": li.name, "type": li.type, "line": li.line, "bottoms": li.bottoms, "tops": li.tops,
+                {"name": self.file_name(li.name), "type": li.type, "line": li.line, "bottoms": li.bottoms,
+                 "tops": li.tops,
                  "top_shapes": [list(s) for s in li.top_shapes], "params": li.params,
                  "receptive_field": li.field, "stride": li.stride}
                 for li in self.shapes.layers
@@ -75,7 +80,7 @@ class NetReport:
         rows = [("layer", "type", "bottoms -> tops", "output", "params", "RF", "stride")]
         for li in self.shapes.layers:
             rows.append((
-                li.name, li.type, f"{','.join(li.bottoms)} -> {','.join(li.tops)}",
+                self.file_name(li.name), li.type, f"{','.join(li.bottoms)} -> {','.join(li.tops)}",
                 " ".join(shape_text(s) for s in li.top_shapes),
                 "-" if not li.params else f"{li.params:,}",
                 "-" if li.field is None else f"{li.field:g}",

@@ -22,7 +22,13 @@ from caffe2torch.upgrade import check_graph, describe_unknown
 
 
 def layer_location(spec: NetSpec, layer: LayerSpec) -> Location:
-    return Location(file=spec.source, line=layer.line, layer=layer.name, layer_type=layer.type)
+    return Location(file=spec.source, line=layer.line, layer=layer.file_name, layer_type=layer.type)
+
+
+def info_location(spec: NetSpec, info: LayerInfo) -> Location:
+    """Where a layer of a shape report is, by the name its file gives it."""
+    names = {layer.name: layer.file_name for layer in spec.layers}
+    return Location(file=spec.source, line=info.line, layer=names.get(info.name, info.name), layer_type=info.type)
 
 
 def context_of(spec: NetSpec) -> BuildContext:
@@ -196,7 +202,10 @@ def _grow_field(converter, layer, bottoms, tops, fields) -> tuple[float, float]:
     rf = max(f for f, _ in known)
     jump = max(j for _, j in known)
     window = converter.window(layer)
-    if window is not None:
+    spatial = bottoms[0][2:] if bottoms and len(bottoms[0]) >= 3 else ()
+    if converter.sees_whole_input(layer) and spatial and None not in spatial:
+        rf += (max(spatial) - 1) * jump  # type: ignore[type-var, operator]  # the whole bottom, largest side
+    elif window is not None:
         (kernel, _), (stride, _), (dilation, _) = window
         if kernel is not None:
             rf, jump = receptive_field_step(rf, jump, kernel, stride, dilation)
@@ -224,7 +233,7 @@ def owned_parameter_count(spec: NetSpec, report: ShapeReport) -> tuple[int, list
                 continue
             size = count(shape)
             if size is None:
-                where = Location(file=spec.source, line=info.line, layer=info.name, layer_type=info.type)
+                where = info_location(spec, info)
                 raise NetDefinitionError(f"the shape of parameter blob {index} ({shape_text(shape)}) depends on an "
                                          "input shape the net does not declare; give it with --input-shape", where)
             total += size
@@ -242,7 +251,7 @@ def check_weights_budget(spec: NetSpec, report: ShapeReport) -> int:
     needed = total * limits.FLOAT_BYTES
     if needed > budget:
         largest, info = per_layer[0]
-        where = Location(file=spec.source, line=info.line, layer=info.name, layer_type=info.type)
+        where = info_location(spec, info)
         raise LimitError(
             f"the net's {limits.human_count(total)} parameters would take {limits.human_bytes(needed)} "
             f"(this layer alone {limits.human_bytes(largest * limits.FLOAT_BYTES)}), over the "

@@ -179,7 +179,8 @@ def upgrade_hole_to_dilation(net: RawNet) -> None:
 
 def _pair(param: dict[str, Any], name: str, default: int | None, net: RawNet, layer: dict[str, Any]) -> list[Any]:
     """Caffe's 2-D rule for kernel/pad/stride/dilation: `name_h`+`name_w`, else `name` once (both axes) or
-    twice (h, w); scalar or repeated, depending on the dialect's schema."""
+    twice (h, w); scalar or repeated, depending on the dialect's schema. A convolution's N values (N spatial
+    axes, not 2) stay a list of N (layers/conv.py reads them per axis)."""
     key = "kernel_size" if name == "kernel" else name
     h, w = param.pop(f"{name}_h", None), param.pop(f"{name}_w", None)
     value = param.pop(key, None)
@@ -194,9 +195,9 @@ def _pair(param: dict[str, Any], name: str, default: int | None, net: RawNet, la
         return [default, default]
     if len(values) == 1:
         return [values[0], values[0]]
-    if len(values) == 2:
-        return list(values)
-    raise NetDefinitionError(f"'{key}' has {len(values)} values; only 2-D nets are supported", net.where(layer))
+    if len(values) == 2 or layer.get("convolution_param") is param:
+        return list(values)  # a convolution may have any number of spatial axes (one value per axis)
+    raise NetDefinitionError(f"'{key}' has {len(values)} values; Caffe's pooling is 2-D", net.where(layer))
 
 
 def upgrade_spatial_pairs(net: RawNet) -> None:
@@ -208,7 +209,7 @@ def upgrade_spatial_pairs(net: RawNet) -> None:
             if param is None:
                 if message == "pooling_param" and layer.get("type") == "Pooling":
                     param = layer[message] = {}
-                elif message == "convolution_param" and layer.get("type") in ("Convolution", "Deconvolution"):
+                elif message == "convolution_param" and layer.get("type") in ("Convolution", "Deconvolution", "Im2col"):
                     param = layer[message] = {}
                 else:
                     continue
@@ -220,13 +221,15 @@ def upgrade_spatial_pairs(net: RawNet) -> None:
 
 
 def upgrade_legacy_axes(net: RawNet) -> None:
-    """Deprecated `concat_dim` / `slice_dim` → `axis` (used only when `axis` is not set, as Caffe does)."""
+    """Deprecated `concat_dim` / `slice_dim` → `axis`; Concat/SliceLayer::LayerSetUp refuse both at once."""
     for layer in net.layers:
         for message, legacy in (("concat_param", "concat_dim"), ("slice_param", "slice_dim")):
             param = layer.get(message)
             if param and legacy in param:
-                value = param.pop(legacy)
-                param.setdefault("axis", value)
+                if "axis" in param:
+                    raise NetDefinitionError(f"give either {message}.axis or {legacy}, not both (Caffe refuses both)",
+                                             net.where(layer))
+                param["axis"] = param.pop(legacy)
 
 
 def upgrade_data_transform(net: RawNet) -> None:
@@ -522,6 +525,7 @@ def upgrade_net(
             )
         )
     assign_input_roles(spec)
+    make_layer_names_unique(spec, {str(layer.get("name")) for layer in net.layers})
 
     names = spec.input_names()
     _check_input_overrides(input_shapes, names, net.source)
@@ -584,6 +588,34 @@ def assign_input_roles(spec: NetSpec) -> None:
                     inp.shape = (batch or 1, 1, 1, 2)
 
 
+def make_layer_names_unique(spec: NetSpec, taken: set[str]) -> None:
+    """Caffe runs layers that share a name (Net::Init does not refuse them; only weight loading and lookups by
+    name see the first). Each repeat gets a unique internal name, 'conv1#2', 'conv1#3', ..., never one the file
+    uses, for module keys and parameter ties; LayerSpec.caffe_name keeps the file's name, and a note says which
+    layer Caffe's weight loading sees."""
+    lines: dict[str, list[int | None]] = {}
+    for layer in spec.layers:
+        lines.setdefault(layer.name, []).append(layer.line)
+    taken = set(taken) | set(lines)
+    seen: dict[str, int] = {}
+    for layer in spec.layers:
+        seen[layer.name] = seen.get(layer.name, 0) + 1
+        if seen[layer.name] == 1:
+            continue
+        number = seen[layer.name]
+        unique = f"{layer.name}#{number}"
+        while unique in taken:
+            number += 1
+            unique = f"{layer.name}#{number}"
+        taken.add(unique)
+        layer.caffe_name, layer.name = layer.name, unique
+    for name, where in lines.items():
+        if len(where) > 1:
+            shown = ", ".join("?" if line is None else str(line) for line in where)
+            spec.notes.append(f"{len(where)} layers are named '{name}' (lines {shown}); Caffe runs them all, and "
+                              f"copies a caffemodel's '{name}' weights into the first only")
+
+
 def describe_unknown(unknown: list[dict[str, Any]]) -> str:
     return ", ".join(f"{u['field']} (line {u['line']})" for u in unknown)
 
@@ -611,7 +643,7 @@ def _prune(spec: NetSpec, tainted: set[str], drop_reason, taint_note: str) -> No
         if reason is None:
             kept.append(layer)
             continue
-        spec.dropped.append(DroppedLayer(layer.name, layer.type, reason, layer.line, list(layer.tops)))
+        spec.dropped.append(DroppedLayer(layer.file_name, layer.type, reason, layer.line, list(layer.tops)))
         tainted.update(t for t in layer.tops if t not in layer.bottoms)
     spec.layers = kept
 
@@ -665,10 +697,10 @@ def phase_hint(spec: NetSpec, blob: str) -> str:
 
 
 def check_graph(spec: NetSpec) -> None:
-    """Every bottom must exist when its layer runs; names must be unique; a blob has one producer. Caffe's nets
-    are a list executed in order, so a bottom produced only by a later layer is a cycle or an ordering error.
-    As in Caffe's Net::AppendTop, top i may reuse a name only in place: when it is also bottom i; any other
-    top whose name already exists is "produced by multiple sources"."""
+    """Every bottom must exist when its layer runs; internal layer names are unique (upgrade_net makes repeated
+    ones so); a blob has one producer. Caffe's nets are a list executed in order, so a bottom produced only by a
+    later layer is a cycle or an ordering error. As in Caffe's Net::AppendTop, top i may reuse a name only in
+    place: when it is also bottom i; any other top whose name already exists is "produced by multiple sources"."""
     producers: dict[str, str] = {}
     for inp in spec.inputs:
         if inp.name in producers:
@@ -678,9 +710,12 @@ def check_graph(spec: NetSpec) -> None:
     produced_later = {t for layer in spec.layers for t in layer.tops}
     seen_names: dict[str, int | None] = {}
     for layer in spec.layers:
-        where = Location(file=spec.source, line=layer.line, layer=layer.name, layer_type=layer.type)
+        where = Location(file=spec.source, line=layer.line, layer=layer.file_name, layer_type=layer.type)
         if layer.name in seen_names:
-            raise NetDefinitionError(f"duplicate layer name (first at line {seen_names[layer.name]})", where)
+            # upgrade_net makes repeated names unique (Caffe allows them); a NetSpec built otherwise must too.
+            raise NetDefinitionError(f"two layers have the internal name '{layer.name}' (first at line "
+                                     f"{seen_names[layer.name]}); give repeats a LayerSpec.caffe_name and a unique "
+                                     "name, as upgrade.make_layer_names_unique does", where)
         seen_names[layer.name] = layer.line
         if not layer.type:
             raise NetDefinitionError("layer has no type", where)
@@ -701,4 +736,4 @@ def check_graph(spec: NetSpec) -> None:
                     f"top '{top}' is produced by multiple sources (already by {first}); only top {index} may "
                     f"reuse a name, in place, when it is also bottom {index}", where)
             if not in_place:
-                producers[top] = f"layer '{layer.name}'" + (f" (line {layer.line})" if layer.line else "")
+                producers[top] = f"layer '{layer.file_name}'" + (f" (line {layer.line})" if layer.line else "")

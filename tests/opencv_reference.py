@@ -44,12 +44,13 @@ def _scalars(message: TextMessage, name: str) -> list[str]:
 
 
 def blob_writers(prototxt_text: str) -> tuple[list[str], dict[str, tuple[str, int]]]:
-    """(net inputs, {blob: (last layer writing it, which of its outputs)}) of a `layer {}` net definition."""
+    """(net inputs, {blob: (last layer writing it, which of its outputs)}) of a net definition (`layer {}` or V1
+    `layers {}`)."""
     root = read_text_message(prototxt_text)
     inputs = _scalars(root, "input")
     writers: dict[str, tuple[str, int]] = {}
     for item in root.fields:
-        if item.name != "layer" or not isinstance(item.value, TextMessage):
+        if item.name not in ("layer", "layers") or not isinstance(item.value, TextMessage):  # V2 and V1 files
             continue
         name, kind = _scalars(item.value, "name")[0], _scalars(item.value, "type")[0]
         tops = _scalars(item.value, "top")

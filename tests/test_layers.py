@@ -122,22 +122,23 @@ def test_v1_padding_adds_zeros_and_crops():
 def test_unsupported_layers_are_listed_together():
     with pytest.raises(UnsupportedError) as info:
         net_from_text(HEAD + 'layer { name: "a" type: "Mystery" bottom: "x" top: "a" }\n'
-                      'layer { name: "b" type: "Pooling" bottom: "x" top: "b" pooling_param { pool: STOCHASTIC '
-                      'kernel_size: 2 } }\n'
+                      'layer { name: "b" type: "Convolution" bottom: "x" top: "b" convolution_param { num_output: 1 '
+                      'kernel_size: 2 dilation: 0 } }\n'
                       'layer { name: "c" type: "AlsoUnknown" bottom: "x" top: "c" }')
     text = str(info.value)
-    assert "3 unsupported" in text and "'a'" in text and "STOCHASTIC" in text and "AlsoUnknown" in text
+    assert "3 unsupported" in text and "'a'" in text and "dilation 0" in text and "AlsoUnknown" in text
     assert "test.prototxt:3" in text
 
 
-def test_pooling_round_mode_floor_is_unsupported_not_ignored():
+def test_pooling_round_mode_floor_gives_floor_sizes():
     # Upstream Caffe's round_mode: FLOOR gives smaller outputs than the CEIL every other net uses.
-    with pytest.raises(UnsupportedError, match="round_mode: FLOOR"):
-        net_from_text(HEAD + 'layer { name: "p" type: "Pooling" bottom: "x" top: "p" '
-                      'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }')
-    net = net_from_text(HEAD + 'layer { name: "p" type: "Pooling" bottom: "x" top: "p" '
-                        'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: CEIL } }')
-    assert run_net(net, x=np.zeros((1, 2, 6, 6)))["p"].shape == (1, 2, 3, 3)
+    floor = net_from_text(HEAD + 'layer { name: "p" type: "Pooling" bottom: "x" top: "p" '
+                          'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }')
+    ceil = net_from_text(HEAD + 'layer { name: "p" type: "Pooling" bottom: "x" top: "p" '
+                         'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: CEIL } }')
+    x = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6).repeat(2, axis=1)
+    assert run_net(ceil, x=x)["p"].shape == (1, 2, 3, 3)
+    np.testing.assert_array_equal(run_net(floor, x=x)["p"][0, 0], [[14, 16], [26, 28]])
 
 
 def test_weights_mismatch_lists_missing_unused_and_shapes(tmp_path):

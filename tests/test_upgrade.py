@@ -96,8 +96,6 @@ def test_v1_has_label_false_and_unnamed_layer():
         ('layer { name: "a" type: "ReLU" bottom: "nothing" top: "a" }', "produced by no layer"),
         ('layer { name: "a" type: "ReLU" bottom: "b" top: "a" } layer { name: "b" type: "ReLU" bottom: "a" top: "b" }',
          "later layer"),
-        ('layer { name: "a" type: "ReLU" bottom: "d" top: "a" } layer { name: "a" type: "ReLU" bottom: "a" top: "b" }',
-         "duplicate layer name"),
     ],
 )
 def test_graph_errors(body, message):

@@ -150,7 +150,12 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     params = sum(p.numel() for p in net.parameters())
     click.echo(f"wrote {artifact} ({len(spec.layers)} layers, {params:,} parameters, "
                f"{len(loaded.loaded)} layers with weights) in {time.perf_counter() - started:.1f} s")
-    click.echo(f"classes: {describe_classes(info.class_names)}; CRF setting: {describe_crf_default(info)}")
+    if is_classifier_output(shape):
+        click.echo(f"classes: {describe_classes(info.class_names)}; a classifier (output '{chosen.outputs[0]}' "
+                   f"{'x'.join(map(str, shape))}, not a score map): use caffe2torch.load or the ONNX model directly "
+                   "(deeplab-run and deeplab-eval segment images)")
+    else:
+        click.echo(f"classes: {describe_classes(info.class_names)}; CRF setting: {describe_crf_default(info)}")
     if images:
         quantize_int8(out / ONNX_NAME, out / INT8_NAME, spec, images, info)
         click.echo(f"wrote {out / INT8_NAME} (int8, calibrated on {len(images)} image(s))")
@@ -161,6 +166,11 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
         click.echo(f"wrote {out / 'parity.json'}")
         if not report.ok:
             raise SystemExit(1)
+
+
+def is_classifier_output(shape) -> bool:
+    """An output that labels the whole image, not each pixel: not (N, C, H, W), or a 1x1 map (global pooling)."""
+    return len(shape) != 4 or tuple(shape[2:]) == (1, 1)
 
 
 def describe_classes(names: list[str]) -> str:

@@ -12,6 +12,8 @@ from caffe2torch.layers import (  # noqa: F401  (imported for their @register si
     loss,
     normalization,
     pooling,
+    recurrent,
+    reduction,
     softmax,
     upsample,
 )

@@ -1,4 +1,5 @@
-"""Element-wise layers: ReLU, PReLU, Sigmoid, TanH, AbsVal, Power, Exp, Log, ELU, BNLL, Threshold, Dropout."""
+"""Element-wise layers: ReLU, PReLU, Sigmoid, TanH, AbsVal, Power, Exp, Log, ELU, BNLL, Threshold, Dropout, Clip,
+Swish."""
 
 from __future__ import annotations
 
@@ -185,3 +186,30 @@ class LogConverter(NeuronConverter):
 
     def validate(self, spec, ctx):
         return log_base_problem("log_param", float(spec.param("log_param").get("base", -1.0)))
+
+
+@register("Clip")
+class ClipConverter(NeuronConverter):
+    """ClipLayer: max(min, min(x, max)); both bounds are required fields of clip_param."""
+
+    def validate(self, spec, ctx):
+        p = spec.param("clip_param")
+        missing = [name for name in ("min", "max") if name not in p]
+        return [f"clip_param needs {' and '.join(missing)} (required fields)"] if missing else []
+
+    def build(self, spec, bottoms, ctx):
+        p = spec.param("clip_param")
+        low, high = float(p["min"]), float(p["max"])
+        # std::max(min, std::min(x, max)): with min > max every value becomes min, as here.
+        return Elementwise(lambda x: torch.clamp(torch.clamp(x, max=high), min=low), f"clip to [{low}, {high}]")
+
+
+@register("Swish")
+class SwishConverter(NeuronConverter):
+    """SwishLayer: x * sigmoid(beta * x)."""
+
+    def build(self, spec, bottoms, ctx):
+        beta = float(spec.param("swish_param").get("beta", 1.0))
+        if beta == 1.0:
+            return Elementwise(lambda x: x * torch.sigmoid(x), "x * sigmoid(x)")
+        return Elementwise(lambda x: x * torch.sigmoid(x * beta), f"x * sigmoid({beta} * x)")

@@ -1,8 +1,10 @@
-"""Layers that move data without arithmetic: Concat, Slice, Split, Flatten, Reshape, Crop, Tile."""
+"""Layers that move data without arithmetic: Concat, Slice, Split, Flatten, Reshape, Crop, Tile, BatchReindex,
+Filter, Parameter."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from caffe2torch.caffe_math import canonical_axis, reshape_output_shape
 from caffe2torch.layers.registry import CaffeLayer, LayerConverter, count, register, shape_text
@@ -271,3 +273,108 @@ class CaffeTile(CaffeLayer):
         reps = [1] * x.dim()
         reps[self.axis] = self.tiles
         return x.repeat(*reps)
+
+
+@register("BatchReindex")
+class BatchReindexConverter(LayerConverter):
+    """BatchReindexLayer: top[i] = bottom0[int(bottom1[i])] along the first axis; bottom1 is 1-D. An index
+    outside [0, N) stops Caffe (its CHECKs) and is an error here too."""
+
+    bottom_counts = (2, 2)
+    top_counts = (1, 1)
+
+    def output_shapes(self, spec, bottoms, ctx):
+        data, index = bottoms
+        if len(index) != 1:
+            raise ValueError(f"BatchReindex's second bottom must be 1-D (the indices), not {shape_text(index)}")
+        if not data:
+            raise ValueError("BatchReindex needs a first bottom with at least one axis")
+        return [(index[0], *data[1:])]
+
+    def build(self, spec, bottoms, ctx):
+        return CaffeBatchReindex()
+
+
+class CaffeBatchReindex(CaffeLayer):
+    def forward(self, x, index):
+        order = index.to(torch.int64)  # Caffe's static_cast<int>: truncation toward zero
+        if not torch.jit.is_tracing() and order.numel() and (order.min() < 0 or order.max() >= x.shape[0]):
+            raise ValueError(f"BatchReindex index out of range [0, {x.shape[0]}): Caffe stops here too")
+        return x.index_select(0, order)
+
+
+@register("Filter")
+class FilterConverter(LayerConverter):
+    """FilterLayer: the last bottom selects items (first-axis entries whose selector value is nonzero); every
+    other bottom is filtered to them, in order. The output's first axis depends on the data (unknown here)."""
+
+    bottom_counts = (2, None)
+    top_counts = (1, None)
+
+    def validate(self, spec, ctx):
+        if len(spec.tops) != len(spec.bottoms) - 1:
+            return [f"Filter makes one top per bottom but the last (the selector): {len(spec.bottoms)} bottoms "
+                    f"need {len(spec.bottoms) - 1} tops, this layer has {len(spec.tops)}"]
+        return []
+
+    def output_shapes(self, spec, bottoms, ctx):
+        selector = bottoms[-1]
+        if not selector or any(d is not None and d != 1 for d in selector[1:]):
+            raise ValueError(f"Filter's selector (last bottom) {shape_text(selector)} must be (N, 1, ...): every "
+                             "axis but the first a singleton")
+        for index, shape in enumerate(bottoms[:-1]):
+            if not shape or (shape[0] is not None and selector[0] is not None and shape[0] != selector[0]):
+                raise ValueError(f"bottom {index} {shape_text(shape)} must have the selector's first axis "
+                                 f"({selector[0]})")
+        return [(None, *shape[1:]) for shape in bottoms[:-1]]
+
+    def build(self, spec, bottoms, ctx):
+        return CaffeFilter(len(spec.tops))
+
+
+class CaffeFilter(CaffeLayer):
+    def __init__(self, tops: int):
+        super().__init__()
+        self.tops = tops
+
+    def forward(self, *xs):
+        *data, selector = xs
+        keep = torch.nonzero(selector.reshape(selector.shape[0]) != 0).reshape(-1)
+        picked = tuple(x.index_select(0, keep) for x in data)
+        return picked if self.tops != 1 else picked[0]
+
+
+@register("Parameter")
+class ParameterConverter(LayerConverter):
+    """ParameterLayer: no bottoms; its one blob, shaped by parameter_param.shape, is its top."""
+
+    bottom_counts = (0, 0)
+    top_counts = (1, 1)
+
+    def _shape(self, spec) -> tuple[int, ...]:
+        return tuple(int(d) for d in spec.param("parameter_param").get("shape", {}).get("dim", []))
+
+    def validate(self, spec, ctx):
+        shape = self._shape(spec)
+        return [f"parameter_param.shape {list(shape)}: dimensions must be positive"] if any(d < 1 for d in shape) \
+            else []
+
+    def output_shapes(self, spec, bottoms, ctx):
+        return [self._shape(spec)]
+
+    def blob_shapes(self, spec, bottoms):
+        return [self._shape(spec)]
+
+    def build(self, spec, bottoms, ctx):
+        return CaffeParameter(self._shape(spec))
+
+
+class CaffeParameter(CaffeLayer):
+    blob_names = ("value",)
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.value = nn.Parameter(torch.zeros(shape))
+
+    def forward(self):
+        return self.value.clone()  # the top is a blob of its own (Caffe shares its data; nothing writes to it)

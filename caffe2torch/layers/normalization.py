@@ -1,4 +1,4 @@
-"""BatchNorm, Scale, Bias, LRN.
+"""BatchNorm, Scale, Bias, LRN, MVN.
 
 Caffe's BatchNorm keeps three blobs: mean*f, variance*f and the moving-average factor f, and divides by f
 at use; a factor of 0 means mean 0 and variance 0, not a division by zero (`batchnorm_statistics`).
@@ -78,13 +78,18 @@ class CaffeBatchNorm(CaffeLayer):
     def forward(self, x):
         if self.export_affine is not None and self.use_global_stats:
             scale, shift = self.export_affine
+            if x.dim() != 4:
+                view = (1, -1) + (1,) * (x.dim() - 2)
+                scale, shift = scale.reshape(view), shift.reshape(view)
             return x * scale + shift
         if not self.use_global_stats:
-            # Caffe's TRAIN behaviour (or use_global_stats: false): statistics of this batch, biased variance.
-            mean = x.mean(dim=(0, 2, 3))
-            var = x.var(dim=(0, 2, 3), unbiased=False)
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            return (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
+            # Caffe's TRAIN behaviour (or use_global_stats: false): statistics of this batch over N and every
+            # axis after C (BatchNormLayer's spatial_dim), variance E((x - mean)^2), then sqrt(var + eps).
+            axes = (0, *range(2, x.dim()))
+            mean = x.mean(dim=axes, keepdim=True)
+            centered = x - mean
+            var = (centered * centered).mean(dim=axes, keepdim=True)
+            return centered / torch.sqrt(var + self.eps)
         mean, var = batchnorm_statistics(self.mean, self.variance, self.factor)
         # (x - mean) / sqrt(var + eps) in one fused pass over the activations
         return F.batch_norm(x, mean, var, None, None, False, 0.0, self.eps)
@@ -198,7 +203,10 @@ class CaffeBias(CaffeLayer):
 
 @register("LRN")
 class LRNConverter(LayerConverter):
-    """Across channels: x / (k + alpha/n * sum(x^2 over n channels))^beta, torch's local_response_norm."""
+    """ACROSS_CHANNELS: x / (k + alpha/n * sum(x^2 over n channels))^beta, torch's local_response_norm.
+    WITHIN_CHANNEL (LRNLayer::WithinChannelForward, the CAFFE engine): x * (1 + alpha * avg)^-beta, where avg is
+    an AVE pooling of x^2 over a size x size window with pad (size-1)/2, i.e. the window's sum / size^2 (padding
+    counts); `k` is not used there."""
 
     bottom_counts = (1, 1)
     top_counts = (1, 1)
@@ -208,15 +216,22 @@ class LRNConverter(LayerConverter):
         return [] if size >= 1 and size % 2 == 1 else [f"lrn_param.local_size={size}: Caffe supports only odd sizes"]
 
     def check(self, spec, ctx):
-        region = spec.param("lrn_param").get("norm_region", "ACROSS_CHANNELS")
-        return [] if region == "ACROSS_CHANNELS" else [f"lrn_param.norm_region={region}"]
+        p = spec.param("lrn_param")
+        region = p.get("norm_region", "ACROSS_CHANNELS")
+        if region == "WITHIN_CHANNEL" and p.get("engine") == "CUDNN":
+            return ["lrn_param.engine: CUDNN with WITHIN_CHANNEL runs cuDNN's divisive normalisation "
+                    "(CuDNNLCNLayer), whose arithmetic caffe2torch does not reproduce; the CAFFE engine's is"]
+        return []
 
     def output_shapes(self, spec, bottoms, ctx):
         if len(bottoms[0]) != 4:
             raise ValueError(f"LRN needs a 4-D bottom (N, C, H, W), not {len(bottoms[0])}-D")
+        p = spec.param("lrn_param")
+        if p.get("norm_region", "ACROSS_CHANNELS") == "WITHIN_CHANNEL":
+            return [bottoms[0]]
         # LRNLayer::Reshape makes a scratch blob of (1, C + size - 1, H, W): within Caffe's INT_MAX limit.
         _, c, h, w = bottoms[0]
-        size = spec.param("lrn_param").get("local_size", 5)
+        size = p.get("local_size", 5)
         scratch = count((1, None if c is None else c + size - 1, h, w))
         if scratch is not None and scratch > INT_MAX:
             raise ValueError(f"lrn_param.local_size={size}: Caffe's padded scratch blob of {scratch:,} elements "
@@ -227,6 +242,8 @@ class LRNConverter(LayerConverter):
         p = spec.param("lrn_param")
         size, alpha = int(p.get("local_size", 5)), float(p.get("alpha", 1.0))
         beta, k = float(p.get("beta", 0.75)), float(p.get("k", 1.0))
+        if p.get("norm_region", "ACROSS_CHANNELS") == "WITHIN_CHANNEL":
+            return CaffeWithinChannelLRN(size, alpha, beta)
         return CaffeLRN(size, alpha, beta, k)
 
 
@@ -249,3 +266,60 @@ class CaffeLRN(CaffeLayer):
     def forward(self, x):
         size, alpha = lrn_window(self.size, self.alpha, x.shape[1])
         return F.local_response_norm(x, size, alpha, self.beta, self.k)
+
+
+class CaffeWithinChannelLRN(CaffeLayer):
+    def __init__(self, size: int, alpha: float, beta: float):
+        super().__init__()
+        self.size, self.alpha, self.beta = size, alpha, beta
+
+    def forward(self, x):
+        # torch's pooling visits only the window's cells inside the plane: a huge local_size costs no memory.
+        average = F.avg_pool2d(x * x, self.size, 1, (self.size - 1) // 2, count_include_pad=True)
+        return x * torch.pow(1.0 + self.alpha * average, -self.beta)
+
+    def extra_repr(self) -> str:
+        return f"WITHIN_CHANNEL, size={self.size}, alpha={self.alpha}, beta={self.beta}"
+
+
+@register("MVN")
+class MVNConverter(LayerConverter):
+    """MVNLayer: per sample and channel (across_channels: per sample) subtract the mean, and with
+    normalize_variance (default) divide by sqrt(E((x - mean)^2)) + eps: eps is added to the standard deviation,
+    not to the variance (default 1e-9). The top has Caffe's legacy 4-D shape (num, channels, height, width)
+    of the bottom: a (N, C) bottom gives (N, C, 1, 1)."""
+
+    bottom_counts = (1, 1)
+    top_counts = (1, 1)
+
+    def output_shapes(self, spec, bottoms, ctx):
+        shape = tuple(bottoms[0])
+        if len(shape) > 4:
+            raise ValueError(f"MVN reads its bottom as (num, channels, height, width); a {len(shape)}-D bottom "
+                             "has no such legacy shape (Caffe's LegacyShape check)")
+        return [shape + (1,) * (4 - len(shape))]
+
+    def build(self, spec, bottoms, ctx):
+        p = spec.param("mvn_param")
+        return CaffeMVN(bool(p.get("normalize_variance", True)), bool(p.get("across_channels", False)),
+                        float(p.get("eps", 1e-9)))
+
+
+class CaffeMVN(CaffeLayer):
+    def __init__(self, normalize_variance: bool, across_channels: bool, eps: float):
+        super().__init__()
+        self.normalize_variance, self.across_channels, self.eps = normalize_variance, across_channels, eps
+
+    def forward(self, x):
+        while x.dim() < 4:
+            x = x.unsqueeze(-1)
+        axes = (1, 2, 3) if self.across_channels else (2, 3)
+        centered = x - x.mean(dim=axes, keepdim=True)
+        if not self.normalize_variance:
+            return centered
+        std = torch.sqrt((centered * centered).mean(dim=axes, keepdim=True))
+        return centered / (std + self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"normalize_variance={self.normalize_variance}, across_channels={self.across_channels}, "
+                f"eps={self.eps}")

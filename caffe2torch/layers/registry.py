@@ -69,6 +69,9 @@ class LayerConverter:
     equal_bottoms_tops: ClassVar[bool] = False
     # False where Caffe's layer CHECKs that no top is its bottom ("does not allow in-place computation").
     in_place: ClassVar[bool] = True
+    # True where the layer's arithmetic is fixed by the input size it is set up with (SPP's windows, a recurrent
+    # layer's number of timesteps): a net with such a layer runs, and exports, at its declared size only.
+    fixes_input_size: ClassVar[bool] = False
 
     def counts(self, spec: LayerSpec) -> tuple[Counts | None, Counts | None]:
         """(bottom, top) counts for this layer; a converter whose counts depend on a parameter overrides it."""
@@ -95,6 +98,11 @@ class LayerConverter:
     def window(self, spec: LayerSpec) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
         """(kernel, stride, dilation) pairs for the receptive field, for sliding-window layers."""
         return None
+
+    def sees_whole_input(self, spec: LayerSpec) -> bool:
+        """Whether each output reads every spatial position of its bottom (an InnerProduct over C*H*W, global
+        pooling): its receptive field then spans the whole bottom."""
+        return False
 
     def scale_change(self, spec: LayerSpec, bottoms: list[Shape], tops: list[Shape]) -> float | None:
         """For resampling layers (Interp): output pixels per input pixel, to carry the receptive field."""
