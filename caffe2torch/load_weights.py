@@ -127,12 +127,18 @@ def match_weights(
 
 def load_plan(net: CaffeNet, model: CaffeModel, plan: dict[str, list[np.ndarray]], report: LoadReport) -> None:
     """Copy matched blobs into the net layer by layer, counting non-finite values while the pages are in
-    memory, then letting the kernel drop them: a large model never sits in memory twice."""
+    memory, then letting the kernel drop them: a large model never sits in memory twice. Layers built on the
+    meta device (build_net's `loaded`) get their tensors here, and the shared ones are tied to them again."""
     for name, blobs in plan.items():
         # A blob shared by ParamSpec name is loaded once, through the layer that owns it.
         net.module(name).load_blobs([None if (name, i) in net.ties else b for i, b in enumerate(blobs)])
         record_nonfinite(report, name, blobs)
         model.release(blobs)
+    net._tie_shared_parameters()
+    for name in plan:
+        module = net.module(name)
+        if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+            raise RuntimeError(f"layer '{name}' was built to be loaded, but its blobs left tensors unset")
 
 
 def load_caffemodel_weights(
