@@ -179,7 +179,7 @@ def export_onnx(
     props = {"converter": f"caffe2torch {__version__}", "netspec_name": net.spec.name,
              "dynamic_axes": {name: [AXIS_NAMES[a] for a in sorted(axes)] for name, axes in dynamic.items()},
              **({"input_sizes": sizes.to_metadata()} if sizes is not None else {}), **(metadata or {})}
-    model = trace_graph(module, shapes, dynamic, opset)
+    model = trace_graph(module, shapes, dynamic, opset, share_branches=sizes is not None and sizes.size_free)
     check_graph(model)
     tensors = dict(module.named_parameters(remove_duplicate=False)) | dict(module.named_buffers(remove_duplicate=False))
     with atomic_path(path) as tmp:
@@ -190,14 +190,16 @@ def export_onnx(
 
 
 def trace_graph(module: _BlobsModule, shapes: Mapping[str, tuple[int, ...]], dynamic: dict[str, dict[int, str]],
-                opset: int):
+                opset: int, share_branches: bool = True):
     """The ONNX graph of the module traced at the input `shapes`, as a ModelProto without the weights (they are
     graph inputs, so that the exporter never holds the model serialised in memory; _write_model streams them
-    in). Each copy of a shared branch (DeepLab's MSC copies of the trunk) is traced as one placeholder node
-    and then written as a copy of its original's nodes (shared_branches); the graph is traced plainly where
-    that cannot be done."""
+    in). With `share_branches`, each copy of a shared branch (DeepLab's MSC copies of the trunk) is traced as
+    one placeholder node and then written as a copy of its original's nodes (shared_branches); the graph is
+    traced plainly where that cannot be done. Only for a graph whose height and width are symbolic: then no
+    node of the original can depend on the size it was traced at (with fixed sizes the exporter may fold
+    shape arithmetic into constants, which would not be the copy's)."""
     net = module.net
-    branches = shared_branches.find_shared_branches(net, module.outputs, module.needed)
+    branches = shared_branches.find_shared_branches(net, module.outputs, module.needed) if share_branches else []
     if branches:
         at_size = dataclasses.replace(net.spec, inputs=[dataclasses.replace(inp, shape=tuple(shapes[inp.name]))
                                                         for inp in net.spec.inputs])
@@ -207,7 +209,7 @@ def trace_graph(module: _BlobsModule, shapes: Mapping[str, tuple[int, ...]], dyn
         module.branches = (branches, exit_shapes)
         try:
             model = _traced_model(module, shapes, dynamic, opset)
-            shared_branches.graft(model, set(module.input_names))
+            shared_branches.graft(model, set(module.input_names), shared_branches.copy_scopes(net, branches))
             return model
         except shared_branches.GraftError:
             pass  # a copy the traced graph does not allow: the plain trace below computes the same

@@ -257,6 +257,18 @@ class _Placeholder(torch.autograd.Function):
         return tuple(outs) if len(outs) > 1 else outs[0]
 
 
+def placeholder_tag(branches: list[SharedBranch], branch: SharedBranch) -> str:
+    """"region:index": which original the placeholder copies, and which copy it is."""
+    return f"{branch.region}:{branches.index(branch)}"
+
+
+def copy_scopes(net: CaffeNet, branches: list[SharedBranch]) -> dict[str, dict[str, str]]:
+    """For each placeholder's tag, the module key of each copy layer by its original's (graft's `scopes`)."""
+    keys = [key for key, _, _ in net.program]
+    return {placeholder_tag(branches, branch): {keys[o]: keys[c] for c, o in zip(branch.copy, branch.original)}
+            for branch in branches}
+
+
 def execute(net: CaffeNet, blobs: dict[str, torch.Tensor], only: set[str] | None,
             branches: list[SharedBranch], exit_shapes: dict[Version, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """CaffeNet._execute for tracing: each copy runs as one placeholder at its last layer, each original reads
@@ -287,7 +299,8 @@ def execute(net: CaffeNet, blobs: dict[str, torch.Tensor], only: set[str] | None
                 latest[top] = (position, top)
             if last.get(position) is branch:
                 shapes = tuple(exit_shapes[vc] for vc, _ in branch.exits)
-                results = _Placeholder.apply(f"{branch.region}", shapes, *[captured[vc] for vc, _ in branch.entries])
+                tag = placeholder_tag(branches, branch)
+                results = _Placeholder.apply(tag, shapes, *[captured[vc] for vc, _ in branch.entries])
                 results = results if isinstance(results, tuple) else (results,)
                 for (vc, _), value in zip(branch.exits, results):
                     blobs[vc[1]] = value
@@ -324,10 +337,12 @@ def _has_subgraph(node) -> bool:
     return any(a.HasField("g") or len(a.graphs) for a in node.attribute)
 
 
-def graft(model, net_inputs: set[str]) -> None:
+def graft(model, net_inputs: set[str], scopes: dict[str, dict[str, str]] | None = None) -> None:
     """Replace, in place, each placeholder of `model` (a traced ModelProto) by a copy of its original's nodes,
-    and remove the markers. Raises GraftError where the original's nodes are not a closed computation from
-    its marked inputs (then nothing should be used of this graph)."""
+    and remove the markers. `scopes`: for each placeholder's tag, the copy's layer (module key) for each layer
+    of the original, to name the copied nodes. Raises GraftError where the original's nodes are not a closed
+    computation from its marked inputs (then nothing should be used of this graph)."""
+    scopes = scopes or {}
     graph = model.graph
     nodes = list(graph.node)
     if any(_has_subgraph(n) for n in nodes if n.domain == DOMAIN):
@@ -393,36 +408,48 @@ def graft(model, net_inputs: set[str]) -> None:
         if any(_has_subgraph(kept[i]) for i in seen if i in below):
             raise GraftError("an original holds a subgraph")
         originals[region] = sorted(i for i in seen if i in below)
-    # 3. Placeholders out, renamed copies of the originals' nodes in.
+    # 3. Placeholders out, copies of the originals' nodes in, named as the copy's own layers would have named
+    # them ("/conv1/Conv" of the original becomes "/conv1_res075/Conv"; name-based tools, such as the int8
+    # quantizer's list of float layers, see the copy's layers).
     import copy as copying
 
     taken = {out for node in kept for out in node.output} | {v.name for v in graph.input} | \
         {t.name for t in graph.initializer}
+    taken_nodes = {node.name for node in kept}
     result = []
+    moved: dict[str, str] = {}  # placeholder outputs renamed to their copy's names
     for count, node in enumerate(kept):
         if not (node.domain == DOMAIN and node.op_type == "Placeholder"):
             result.append(node)
             continue
-        region = _tag(node)
+        tag = _tag(node)
+        region = tag.split(":")[0]
         ins, outs = entries.get(region, {}), exits.get(region, {})
         if region not in originals or len(ins) != len(node.input) or len(outs) != len(node.output):
             raise GraftError("a placeholder without its original")
-        names = {ins[j]: node.input[j] for j in range(len(ins))} | {outs[j]: node.output[j] for j in range(len(outs))}
-        prefix = f"shared{count}"
+        scope, fallback = scopes.get(tag, {}), f"/shared{count}"
+        names = {ins[j]: node.input[j] for j in range(len(ins))}
+        for j in range(len(outs)):
+            target = node.output[j]
+            if target not in graph_outputs:
+                moved[target] = target = _name_in_copy(outs[j], scope, fallback, taken)
+            names[outs[j]] = target
         for i in originals[region]:
             for out in kept[i].output:
                 if out and out not in names:
-                    names[out] = f"{prefix}{out}" if out.startswith("/") else f"{prefix}/{out}"
-                    if names[out] in taken:
-                        raise GraftError(f"name {names[out]} taken")
+                    names[out] = _name_in_copy(out, scope, fallback, taken)
         for i in originals[region]:
             new = copying.deepcopy(kept[i])
-            new.name = f"{prefix}{new.name}" if new.name.startswith("/") else f"{prefix}/{new.name}"
+            new.name = _name_in_copy(new.name, scope, fallback, taken_nodes)
             for j, name in enumerate(new.input):
                 new.input[j] = names.get(name, name)
             for j, name in enumerate(new.output):
                 new.output[j] = names.get(name, name)
             result.append(new)
+    for node in result:
+        for j, name in enumerate(node.input):
+            if name in moved:
+                node.input[j] = moved[name]
     if any(node.domain == DOMAIN for node in result):
         raise GraftError("a marker or placeholder left")
     del graph.node[:]
@@ -435,6 +462,19 @@ def graft(model, net_inputs: set[str]) -> None:
     imports = [o for o in model.opset_import if o.domain != DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(imports)
+
+
+def _name_in_copy(name: str, scope: dict[str, str], fallback: str, used: set[str]) -> str:
+    """The original's node or value name in its copy: under the copy layer's scope ("/conv1/Conv_output_0" →
+    "/conv1_res075/Conv_output_0"), or under `fallback` where that is not a name of its own; added to `used`."""
+    key, slash, rest = name[1:].partition("/")
+    candidate = f"/{scope[key]}/{rest}" if name.startswith("/") and slash and key in scope else ""
+    if not candidate or candidate in used:
+        candidate = f"{fallback}/{name.lstrip('/')}"
+        if candidate in used:
+            raise GraftError(f"name {candidate} taken")
+    used.add(candidate)
+    return candidate
 
 
 def _descendants(nodes, sources: set[str]) -> set[int]:

@@ -113,6 +113,9 @@ def test_export_with_shared_branches_is_the_plain_export_node_for_node(tmp_path,
     assert not [n for n in shared.graph.node if n.domain == shared_branches.DOMAIN]
     assert [o.domain for o in shared.opset_import] == [o.domain for o in plain.opset_import]
     assert [t.name for t in shared.graph.initializer] == [t.name for t in plain.graph.initializer]
+    # The copied nodes have the names the copy's own layers give them (the int8 quantizer picks by name).
+    copied = {n.name for n in shared.graph.node if n.name.startswith("/conv1_half/")}
+    assert copied and copied <= {n.name for n in plain.graph.node}
     assert_same_outputs(tmp_path / "shared.onnx", tmp_path / "plain.onnx", net)
 
 
@@ -164,7 +167,7 @@ def test_copies_start_at_the_first_shared_layer():
 def test_a_graph_that_does_not_allow_the_copy_is_exported_plainly(tmp_path, monkeypatch):
     net = converted(tmp_path, MSC)
 
-    def refuse(model, net_inputs):
+    def refuse(*args):
         raise shared_branches.GraftError("refused")
 
     monkeypatch.setattr(shared_branches, "graft", refuse)
@@ -187,3 +190,16 @@ def test_topological_order_keeps_the_given_order_where_it_is_one(order):
     assert [n.name for n in shared_branches._topological(given, {"x"})] == ["first", "second", "third"]
     with pytest.raises(shared_branches.GraftError, match="undefined"):
         shared_branches._topological([onnx.helper.make_node("Relu", ["y"], ["z"])], {"x"})
+
+
+def test_a_net_exported_at_a_fixed_size_is_traced_plainly(tmp_path, monkeypatch):
+    from caffe2torch.input_sizes import fixed_sizes
+
+    net = converted(tmp_path, MSC)
+    found = []
+    real = shared_branches.find_shared_branches
+    monkeypatch.setattr(shared_branches, "find_shared_branches", lambda *args: found.append(1) or real(*args))
+    export_onnx(net, tmp_path / "fixed.onnx", sizes=fixed_sizes(33, 33))
+    assert not found
+    export_onnx(net, tmp_path / "dynamic.onnx")
+    assert found
