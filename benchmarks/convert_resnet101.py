@@ -89,7 +89,10 @@ def child(result: Path, cli_args: list[str]) -> int:
     seconds: dict[str, float] = {}
     calls: dict[str, int] = {}
     for module_name, name, label, _ in STAGES:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:  # a stage of another version of the code
+            continue
         if hasattr(module, name):
             setattr(module, name, _timed(getattr(module, name), label, seconds, calls))
     code = 0

@@ -180,7 +180,7 @@ def _branch(copy, mapping, layers, reads, consumers, wanted_finals, needed) -> S
                     return None
             elif vo[0] in inside_original or entries.setdefault(vc, vo) != vo:
                 return None
-    if len(set(entries.values())) != len(entries):
+    if not entries or len(set(entries.values())) != len(entries):
         return None
     last = max(copy)
     exits = []

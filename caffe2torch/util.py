@@ -124,10 +124,11 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 @contextlib.contextmanager
 def single_threaded() -> Iterator[None]:
-    """torch on one thread for the block. For work made of many small operations (copying weights layer by
-    layer, tracing at a small size): a parallel operator waits for its slowest thread, and on a busy machine
-    each waits for a descheduled one (measured on 2 shared cores: an ONNX trace of ResNet-101 MSC 2.5x
-    slower with 2 threads than with 1). Results do not depend on the thread count of these operations."""
+    """torch on one thread (process-wide) for the block. For work made of many small operations (copying
+    weights layer by layer, tracing at a small size): a parallel operator waits for its slowest thread, and on
+    a busy machine each waits for a descheduled one (measured on 2 shared cores: an ONNX trace of ResNet-101
+    MSC 2.5x slower with 2 threads than with 1). Results do not depend on the thread count of these
+    operations."""
     import torch
 
     previous = torch.get_num_threads()

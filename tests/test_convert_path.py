@@ -177,3 +177,12 @@ def test_a_child_reports_its_own_peak_not_its_parents():
     assert peak < parent.nbytes  # nothing of the parent's 300 MB
     assert current <= peak
     assert run.cpu_s > 0 and run.wall_s > 0
+
+
+def test_weights_load_into_a_net_of_another_dtype(tmp_path):
+    path = tmp_path / "w.caffemodel"
+    blobs = write_random_weights(net_from_text(MSC), path)
+    net = net_from_text(MSC).double()
+    load_caffemodel_weights(net, path)
+    assert net.module("conv2").weight.dtype == torch.float64
+    assert torch.equal(net.module("conv2").weight.detach(), torch.from_numpy(blobs["conv2"][0]).double())

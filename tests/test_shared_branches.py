@@ -121,7 +121,7 @@ def test_export_with_shared_branches_is_the_plain_export_node_for_node(tmp_path,
 
 def test_blobs_inside_a_copy_exported_as_outputs(tmp_path, monkeypatch):
     net = converted(tmp_path, MSC)
-    outputs = ["fusion", "pool1_half", "conv1_half", "sum"]
+    outputs = ["fusion", "pool1_half", "conv1_half", "sum", "sum_half", "conv1"]
     shared, plain = both_exports(tmp_path, net, monkeypatch, outputs)
     assert [o.name for o in shared.graph.output] == outputs
     assert signature(shared) == signature(plain)

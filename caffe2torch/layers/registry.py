@@ -48,11 +48,13 @@ class CaffeLayer(nn.Module):
                 continue
             target = getattr(self, name)
             source = np.asarray(blob, dtype=np.float32).reshape(target.shape)  # a view of a float32 blob
+            tensor = torch.empty(target.shape, dtype=target.dtype) if target.is_meta else target.detach()
+            if tensor.device.type == "cpu" and tensor.dtype == torch.float32:
+                np.copyto(tensor.numpy(), source)  # one copy, straight from the caffemodel's pages
+            else:
+                tensor.copy_(torch.from_numpy(source.copy()))
             if not target.is_meta:
-                np.copyto(target.detach().numpy(), source)
                 continue
-            tensor = torch.empty(target.shape, dtype=target.dtype)
-            np.copyto(tensor.numpy(), source)
             if name in self._parameters:
                 self._parameters[name] = nn.Parameter(tensor, requires_grad=target.requires_grad)
             else:
