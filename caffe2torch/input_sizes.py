@@ -22,7 +22,7 @@ from caffe2torch.errors import CaffeError, Location, UnsupportedError
 from caffe2torch.in_net_crf import needed_inputs
 from caffe2torch.layers import get_converter
 from caffe2torch.netspec import NetSpec
-from caffe2torch.shapes import ShapeReport, infer_shapes
+from caffe2torch.shapes import ShapeMemo, ShapeReport, infer_shapes
 
 PROBE_WINDOW = 32
 MAX_SIDE = 8192
@@ -193,10 +193,11 @@ def with_input_sizes(spec: NetSpec, offset: int = 0, batch: int | None = None, s
     return dataclasses.replace(spec, inputs=inputs)
 
 
-def probe(spec: NetSpec) -> ShapeReport | None:
-    """Shape inference of an already-checked net at other input sizes; None when Caffe would refuse them."""
+def probe(spec: NetSpec, memo: ShapeMemo | None = None) -> ShapeReport | None:
+    """Shape inference of an already-checked net at other input sizes; None when Caffe would refuse them.
+    `memo`: shared by the probes of one net (shapes.ShapeMemo), so that each layer result is computed once."""
     try:
-        return infer_shapes(spec, check=False)
+        return infer_shapes(spec, check=False, memo=memo)
     except (CaffeError, ValueError, ArithmeticError, KeyError, IndexError, TypeError):
         return None
 
@@ -212,10 +213,11 @@ def accepted_input_sizes(spec: NetSpec, outputs: list[str] | None = None) -> Inp
     declared = declared_image_size(spec, outputs)
     if declared is None:
         raise CaffeError("the net has no 4-D image input (N, C, H, W)", Location(spec.source))
-    base = infer_shapes(spec, check=False)
+    memo = ShapeMemo(spec)
+    base = infer_shapes(spec, check=False, memo=memo)
     if any(getattr(get_converter(layer.type), "fixes_input_size", False) for layer in spec.layers):
         return fixed_sizes(*declared, batch_free=False)  # SPP windows, recurrent timesteps: set up at this size
-    batch_report = probe(with_input_sizes(spec, batch=2))
+    batch_report = probe(with_input_sizes(spec, batch=2), memo)
     batch_free = batch_report is not None and _same_weights(batch_report, base)
     if not same_spatial_size(spec, outputs):
         return fixed_sizes(*declared, batch_free=batch_free)  # images of different sizes: keep their sizes
@@ -224,7 +226,7 @@ def accepted_input_sizes(spec: NetSpec, outputs: list[str] | None = None) -> Inp
     def accepted(offset: int) -> ShapeReport | None:
         if min(declared) + offset < 1:
             return None
-        report = probe(with_input_sizes(spec, offset, outputs=outputs))
+        report = probe(with_input_sizes(spec, offset, outputs=outputs), memo)
         return report if report is not None and _same_weights(report, base) else None
 
     reports = {0: base} | {i: r for i in range(1, PROBE_WINDOW + 1) if (r := accepted(i)) is not None}
@@ -275,10 +277,11 @@ def tracing_side(spec: NetSpec, sizes: InputSizes, outputs: list[str] | None = N
     if not sizes.size_free or not same_spatial_size(spec, outputs):
         return None
     not_maps = {inp.name for inp in spec.inputs if inp.role == "data_dim"}  # (N, 1, 1, 2) at any size
+    memo = ShapeMemo(spec)
     for side in range(33, max(sizes.declared) + 1, 32):
         if not sizes.accepts(side, side):
             continue
-        report = probe(with_input_sizes(spec, side=side, outputs=outputs))
+        report = probe(with_input_sizes(spec, side=side, outputs=outputs), memo)
         if report is None:
             continue
         if all(min(s[2:]) >= 3 for name, s in report.blobs.items()

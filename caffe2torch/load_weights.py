@@ -200,7 +200,8 @@ def _missing_text(layer: LayerSpec, first: dict[str, _Target]) -> str:
 
 def load_plan(net: CaffeNet, model: CaffeModel, plan: dict[str, list[np.ndarray | None]], report: LoadReport) -> None:
     """Copy matched blobs into the net layer by layer, counting non-finite values while the pages are in
-    memory, then letting the kernel drop them: a large model never sits in memory twice."""
+    memory, then letting the kernel drop them: a large model never sits in memory twice. Layers built on the
+    meta device (build_net's `loaded`) get their tensors here, and the shared ones are tied to them again."""
     names = {layer.name: layer.file_name for layer in net.spec.layers}
     for name, blobs in plan.items():
         # A blob shared by ParamSpec name is loaded once, into the layer that owns it (None elsewhere).
@@ -208,6 +209,11 @@ def load_plan(net: CaffeNet, model: CaffeModel, plan: dict[str, list[np.ndarray 
         present = [b for b in blobs if b is not None]
         record_nonfinite(report, names.get(name, name), present)
         model.release(present)
+    net._tie_shared_parameters()
+    for name in plan:
+        module = net.module(name)
+        if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+            raise RuntimeError(f"layer '{name}' was built to be loaded, but its blobs left tensors unset")
 
 
 def load_caffemodel_weights(

@@ -13,7 +13,7 @@ Nothing is allocated before the net is known to be valid and within the weights 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,8 +40,10 @@ class CaffeNet(nn.Module):
     a tuple when there are several). `run(inputs, outputs=..., all_blobs=...)` returns named blobs.
     """
 
-    def __init__(self, spec: NetSpec, shapes: ShapeReport | None = None):
-        """`shapes`: the net's `infer_shapes(spec)`, when the caller already has it."""
+    def __init__(self, spec: NetSpec, shapes: ShapeReport | None = None, loaded: Collection[str] = ()):
+        """`shapes`: the net's `infer_shapes(spec)`, when the caller already has it. `loaded`: layers whose
+        every blob the caller loads next (load_weights.load_plan): built on the meta device, since their
+        initial values would be overwritten at once; loading gives them their tensors."""
         super().__init__()
         self.spec = spec
         self.shapes: ShapeReport = shapes if shapes is not None else infer_shapes(spec)
@@ -63,8 +65,10 @@ class CaffeNet(nn.Module):
             count = blob_counts.get(layer.name, 0)
             fully_shared = count > 0 and all((layer.name, i) in shared for i in range(count))
             try:
-                with torch.device("meta") if fully_shared else contextlib.nullcontext():
+                with torch.device("meta") if fully_shared or layer.name in loaded else contextlib.nullcontext():
                     module = converter.build(layer, bottoms, ctx)
+                if not fully_shared and layer.name in loaded and _holds_more_than_blobs(module):
+                    module = converter.build(layer, bottoms, ctx)  # tensors loading will not give: build them
             except (ValueError, KeyError, TypeError, IndexError) as exc:
                 raise NetDefinitionError(f"cannot build: {exc}", layer_location(spec, layer)) from None
             key = module_key(layer.name, taken)
@@ -157,9 +161,14 @@ class CaffeNet(nn.Module):
         return order
 
 
-def build_net(spec: NetSpec, shapes: ShapeReport | None = None) -> CaffeNet:
-    """Build a CaffeNet (random weights) from a NetSpec, in eval mode."""
-    return CaffeNet(spec, shapes).eval()
+def _holds_more_than_blobs(module: nn.Module) -> bool:
+    names = getattr(module, "blob_names", ())
+    return any(name not in names for name, _ in [*module.named_parameters(), *module.named_buffers()])
+
+
+def build_net(spec: NetSpec, shapes: ShapeReport | None = None, loaded: Collection[str] = ()) -> CaffeNet:
+    """Build a CaffeNet (random weights) from a NetSpec, in eval mode; `loaded`: see CaffeNet."""
+    return CaffeNet(spec, shapes, loaded).eval()
 
 
 def assign_tensors(net: CaffeNet, tensors: Mapping[str, torch.Tensor]) -> None:

@@ -4,16 +4,18 @@ in `metadata_props`.
 
 Every size rule of the net is computed from tensor shapes, so tracing records them as graph arithmetic and
 the exported model accepts every size the net does (input_sizes.py works out which); a net that runs at one
-size only is traced and exported at that size, with fixed dims. Lowerings that matter for Caffe parity
-(pinned by tests against the goldens): Interp → Resize with align_corners and sizes from the input shape; AVE
-pooling with ceil mode and count_include_pad at opset >= 18 (onnxruntime's divisor for the ceil overhang is
-Caffe's there); BatchNorm's factor folded into constants; Softmax over channels (opset >= 13 semantics);
-ArgMax → TopK on the reversed axis (Caffe's tie rule).
+size only is traced and exported at that size, with fixed dims. The copies of a shared branch (DeepLab's
+multi-scale trunks) are traced once and copied in the graph (shared_branches.py). Lowerings that matter for
+Caffe parity (pinned by tests against the goldens): Interp → Resize with align_corners and sizes from the
+input shape; AVE pooling with ceil mode and count_include_pad at opset >= 18 (onnxruntime's divisor for the
+ceil overhang is Caffe's there); BatchNorm's factor folded into constants; Softmax over channels (opset >= 13
+semantics); ArgMax → TopK on the reversed axis (Caffe's tie rule).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import warnings
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from caffe2torch import __version__, wire
+from caffe2torch import __version__, shared_branches, wire
 from caffe2torch.errors import Location, NetDefinitionError, UnsupportedError
 from caffe2torch.input_sizes import (
     InputSizes,
@@ -34,8 +36,9 @@ from caffe2torch.input_sizes import (
 )
 from caffe2torch.layers import get_converter
 from caffe2torch.net import CaffeNet
-from caffe2torch.shapes import layer_location
-from caffe2torch.util import atomic_path
+from caffe2torch.shapes import infer_shapes, layer_location
+from caffe2torch.shared_branches import SharedBranch
+from caffe2torch.util import atomic_path, single_threaded
 
 OPSET = 18
 # Up to this size the written file is checked whole as well (onnx.checker loads every weight to do it).
@@ -51,13 +54,19 @@ class _BlobsModule(nn.Module):
     def __init__(self, net: CaffeNet, outputs: Sequence[str]):
         super().__init__()
         self.net, self.outputs = net, list(outputs)
-        needed = required_layers(net, outputs)
-        self.keys = {net.layer_keys[name] for name in needed}
-        used = set(self.outputs) | {b for layer in net.spec.layers if layer.name in needed for b in layer.bottoms}
+        self.needed = required_layers(net, outputs)
+        self.keys = {net.layer_keys[name] for name in self.needed}
+        used = set(self.outputs) | {b for layer in net.spec.layers if layer.name in self.needed for b in layer.bottoms}
         self.input_names = [name for name in net.input_names if name in used]
+        # Set while tracing with shared branches (trace_graph): the copies and their outputs' traced shapes.
+        self.branches: tuple[list[SharedBranch], dict] | None = None
 
     def forward(self, *inputs):
-        blobs = self.net._execute(dict(zip(self.input_names, inputs)), only=self.keys)
+        blobs = dict(zip(self.input_names, inputs))
+        if self.branches is not None:
+            blobs = shared_branches.execute(self.net, blobs, self.keys, *self.branches)
+        else:
+            blobs = self.net._execute(blobs, only=self.keys)
         return tuple(blobs[name] for name in self.outputs)
 
 
@@ -166,29 +175,72 @@ def export_onnx(
         sizes = accepted_input_sizes(net.spec, outputs)
     module = _BlobsModule(net, outputs).eval()
     shapes = dict(zip(net.input_names, tracing_shapes(net, sizes, outputs)))
-    args = tuple(torch.zeros(shapes[name]) for name in module.input_names)
     dynamic = dynamic_axes_of(net, sizes, module.input_names, outputs)
     props = {"converter": f"caffe2torch {__version__}", "netspec_name": net.spec.name,
              "dynamic_axes": {name: [AXIS_NAMES[a] for a in sorted(axes)] for name, axes in dynamic.items()},
              **({"input_sizes": sizes.to_metadata()} if sizes is not None else {}), **(metadata or {})}
-    graph_only = io.BytesIO()
-    with warnings.catch_warnings(), folded_batchnorm(net):
-        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes: intended
-        with torch.no_grad():
-            # The graph without its weights (they become graph inputs), so that the exporter never holds the
-            # model serialised in memory; _write_model streams the weights in. BatchNorm is folded by hand
-            # and the shape arithmetic cannot be folded, so constant folding would only cost time.
-            torch.onnx.export(module, args, graph_only, input_names=module.input_names, output_names=outputs,
-                              opset_version=opset, dynamic_axes=dynamic, do_constant_folding=False,
-                              export_params=False, keep_initializers_as_inputs=True, dynamo=False)
-    model = onnx.load_from_string(graph_only.getvalue())
-    onnx.checker.check_model(model)  # the graph, with the weights still as typed graph inputs
+    model = trace_graph(module, shapes, dynamic, opset, share_branches=sizes is not None and sizes.size_free)
+    check_graph(model)
     tensors = dict(module.named_parameters(remove_duplicate=False)) | dict(module.named_buffers(remove_duplicate=False))
     with atomic_path(path) as tmp:
         _write_model(model, tensors, set(module.input_names), props, tmp)
         if tmp.stat().st_size <= FULL_CHECK_BYTES:
             onnx.checker.check_model(str(tmp))  # loading a large model just to check it would double its memory
     return Path(path)
+
+
+def trace_graph(module: _BlobsModule, shapes: Mapping[str, tuple[int, ...]], dynamic: dict[str, dict[int, str]],
+                opset: int, share_branches: bool = True):
+    """The ONNX graph of the module traced at the input `shapes`, as a ModelProto without the weights (they are
+    graph inputs, so that the exporter never holds the model serialised in memory; _write_model streams them
+    in). With `share_branches`, each copy of a shared branch (DeepLab's MSC copies of the trunk) is traced as
+    one placeholder node and then written as a copy of its original's nodes (shared_branches); the graph is
+    traced plainly where that cannot be done. Only for a graph whose height and width are symbolic: then no
+    node of the original can depend on the size it was traced at (with fixed sizes the exporter may fold
+    shape arithmetic into constants, which would not be the copy's)."""
+    net = module.net
+    branches = shared_branches.find_shared_branches(net, module.outputs, module.needed) if share_branches else []
+    if branches:
+        at_size = dataclasses.replace(net.spec, inputs=[dataclasses.replace(inp, shape=tuple(shapes[inp.name]))
+                                                        for inp in net.spec.inputs])
+        layers = infer_shapes(at_size, check=False).layers
+        exit_shapes = {vc: tuple(layers[vc[0]].top_shapes[net.spec.layers[vc[0]].tops.index(vc[1])])
+                       for branch in branches for vc, _ in branch.exits}
+        module.branches = (branches, exit_shapes)
+        try:
+            model = _traced_model(module, shapes, dynamic, opset)
+            shared_branches.graft(model, set(module.input_names), shared_branches.copy_scopes(net, branches))
+            return model
+        except shared_branches.GraftError:
+            pass  # a copy the traced graph does not allow: the plain trace below computes the same
+        finally:
+            module.branches = None
+    return _traced_model(module, shapes, dynamic, opset)
+
+
+def _traced_model(module: _BlobsModule, shapes: Mapping[str, tuple[int, ...]], dynamic, opset: int):
+    import onnx
+
+    args = tuple(torch.zeros(shapes[name]) for name in module.input_names)
+    graph_only = io.BytesIO()
+    # One thread: the trace runs at a small size, where parallel operators only wait for each other.
+    with single_threaded(), warnings.catch_warnings(), folded_batchnorm(module.net):
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes: intended
+        with torch.no_grad():
+            # BatchNorm is folded by hand and the shape arithmetic cannot be folded, so constant folding
+            # would only cost time.
+            torch.onnx.export(module, args, graph_only, input_names=module.input_names,
+                              output_names=module.outputs, opset_version=opset, dynamic_axes=dynamic,
+                              do_constant_folding=False, export_params=False, keep_initializers_as_inputs=True,
+                              dynamo=False, custom_opsets={shared_branches.DOMAIN: 1} if module.branches else None)
+    return onnx.load_from_string(graph_only.getvalue())
+
+
+def check_graph(model) -> None:
+    """onnx.checker on the graph, with the weights still as typed graph inputs."""
+    import onnx
+
+    onnx.checker.check_model(model)
 
 
 _ONNX_FLOAT, _ONNX_INT64 = 1, 7

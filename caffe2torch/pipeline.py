@@ -23,6 +23,7 @@ from caffe2torch.netspec import NetSpec, Shape
 from caffe2torch.parse import parse_prototxt
 from caffe2torch.shapes import check_blobs_budget, check_input_shapes, check_weights_budget, infer_shapes
 from caffe2torch.upgrade import upgrade_net
+from caffe2torch.util import single_threaded
 from caffe2torch.verify import DEFAULT_TOLERANCE, VerifyReport, compare_blobs
 
 
@@ -108,8 +109,11 @@ def convert(
     if strict and not report.ok:
         raise WeightsMismatchError(report.missing, report.unused, report.mismatched, model.source)
     check_weights_budget(spec, shapes)
-    net = build_net(spec, shapes)
-    load_plan(net, model, plan, report)
+    # The layers the caffemodel gives every blob of are built without memory and receive their weights in
+    # one copy each (no random initialisation to overwrite); one thread, as copying needs no more.
+    with single_threaded():
+        net = build_net(spec, shapes, loaded=plan)
+        load_plan(net, model, plan, report)
     return net, report
 
 

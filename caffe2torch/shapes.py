@@ -138,8 +138,24 @@ class ShapeReport:
         return None if None in counts else sum(c for c in counts if c)
 
 
-def infer_shapes(spec: NetSpec, check: bool = True) -> ShapeReport:
-    """Propagate the inputs' shapes through every layer with Caffe's rules (None = unknown dimension)."""
+class ShapeMemo:
+    """What infer_shapes learned about each layer, for later calls on copies of the same net that differ only in
+    their input shapes (input_sizes probes dozens of sizes). A layer's shapes depend only on the layer and its
+    bottoms' shapes, and beyond the first strided layers most probed sizes meet again, so most layers are
+    looked up instead of computed. Only results that passed every check are kept. Reports made with a memo
+    are for shapes only: they carry no receptive fields (LayerInfo.field and .stride are None)."""
+
+    def __init__(self, spec: NetSpec):
+        self.layers = spec.layers
+        self.infos: dict[tuple, LayerInfo] = {}
+
+
+def infer_shapes(spec: NetSpec, check: bool = True, memo: ShapeMemo | None = None) -> ShapeReport:
+    """Propagate the inputs' shapes through every layer with Caffe's rules (None = unknown dimension).
+    `memo`: reuse per-layer results across calls on nets with these same layers (ShapeMemo; the LayerInfo
+    objects of such reports are shared between them: read them, do not change them)."""
+    if memo is not None and memo.layers is not spec.layers:
+        raise ValueError("a ShapeMemo serves the net it was made for (the same layers)")
     if check:
         check_graph(spec)
         check_layers(spec)
@@ -150,12 +166,20 @@ def infer_shapes(spec: NetSpec, check: bool = True) -> ShapeReport:
     for inp in spec.inputs:
         report.blobs[inp.name] = tuple(inp.shape)
         fields[inp.name] = (1.0, 1.0)
-    for layer in spec.layers:
+    for position, layer in enumerate(spec.layers):
+        bottoms = [report.blobs[b] for b in layer.bottoms]
+        if memo is not None:
+            key = (position, *bottoms)
+            known = memo.infos.get(key)
+            if known is not None:
+                for top, shape in zip(layer.tops, known.top_shapes):
+                    report.blobs[top] = tuple(shape)
+                report.layers.append(known)
+                continue
         converter = get_converter(layer.type)
         where = layer_location(spec, layer)
         if converter is None:  # only with check=False
             raise UnsupportedError([(where, f"unknown or unsupported layer type '{layer.type}'")], spec.source)
-        bottoms = [report.blobs[b] for b in layer.bottoms]
         try:
             tops = converter.output_shapes(layer, bottoms, ctx) if layer.tops else []
             blob_shapes = converter.blob_shapes(layer, bottoms)
@@ -186,11 +210,17 @@ def infer_shapes(spec: NetSpec, check: bool = True) -> ShapeReport:
                                          where)
         counts = [count(s) for s in blob_shapes]
         params = None if None in counts else sum(counts)  # type: ignore[arg-type]
-        rf, jump = _grow_field(converter, layer, bottoms, tops, fields)
-        for top in layer.tops:
-            fields[top] = (rf, jump)
-        report.layers.append(LayerInfo(layer.name, layer.type, list(layer.bottoms), list(layer.tops), list(tops),
-                                       blob_shapes, params, rf, jump, layer.line, bottoms))
+        rf: float | None = None
+        jump: float | None = None
+        if memo is None:
+            rf, jump = _grow_field(converter, layer, bottoms, tops, fields)
+            for top in layer.tops:
+                fields[top] = (rf, jump)
+        info = LayerInfo(layer.name, layer.type, list(layer.bottoms), list(layer.tops), list(tops),
+                         blob_shapes, params, rf, jump, layer.line, bottoms)
+        report.layers.append(info)
+        if memo is not None:
+            memo.infos[key] = info
     return report
 
 

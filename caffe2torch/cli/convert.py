@@ -32,7 +32,7 @@ from caffe2torch.pipeline import (
 )
 from caffe2torch.quantize import quantize_int8
 from caffe2torch.runner import model_info
-from caffe2torch.util import atomic_write_text, file_sha256
+from caffe2torch.util import atomic_write_text, file_sha256, in_background
 from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
 
 ARTIFACT_NAME = "model.safetensors"
@@ -104,6 +104,7 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
         check_input_arrays(spec, arrays, inputs)
         set_input_shapes(spec, input_shapes_of(arrays))
     model = read_caffemodel(caffemodel)
+    hashes = in_background(source_hashes, prototxt, caffemodel)  # (on the other core, beside the conversion)
     net, loaded = convert(spec, model)
     echo_notes(spec.notes)
     if loaded.nonfinite:
@@ -136,10 +137,11 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     if known:
         click.echo(f"recognised {known.name} ({known.id})")
     artifact = out / ARTIFACT_NAME
+    prototxt_sha256, caffemodel_sha256 = hashes.result()
     sources = {
         "model_id": known.id if known else "", "crf_preset": info.crf_preset or "",
-        "source_prototxt": str(prototxt), "source_prototxt_sha256": file_sha256(prototxt),
-        "source_caffemodel": str(caffemodel), "source_caffemodel_sha256": file_sha256(caffemodel),
+        "source_prototxt": str(prototxt), "source_prototxt_sha256": prototxt_sha256,
+        "source_caffemodel": str(caffemodel), "source_caffemodel_sha256": caffemodel_sha256,
     }
     if write_onnx:
         metadata = {**sources, **info.to_metadata()}
@@ -171,6 +173,10 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
 def is_classifier_output(shape) -> bool:
     """An output that labels the whole image, not each pixel: not (N, C, H, W), or a 1x1 map (global pooling)."""
     return len(shape) != 4 or tuple(shape[2:]) == (1, 1)
+
+
+def source_hashes(prototxt: str, caffemodel: str) -> tuple[str, str]:
+    return file_sha256(prototxt), file_sha256(caffemodel)
 
 
 def describe_classes(names: list[str]) -> str:

@@ -41,13 +41,24 @@ class CaffeLayer(nn.Module):
     blob_names: ClassVar[tuple[str, ...]] = ()
 
     def load_blobs(self, blobs: Sequence[np.ndarray | None]) -> None:
-        """Copy blobs into the parameters/buffers named by `blob_names`; None leaves one as it is."""
+        """Copy blobs into the parameters/buffers named by `blob_names`; None leaves one as it is. A tensor on
+        the meta device (a layer built without memory, to be loaded) becomes a new tensor holding the blob."""
         for name, blob in zip(self.blob_names, blobs):
             if blob is None:
                 continue
             target = getattr(self, name)
-            with torch.no_grad():
-                target.copy_(torch.from_numpy(np.array(blob, dtype=np.float32)).reshape(target.shape))
+            source = np.asarray(blob, dtype=np.float32).reshape(target.shape)  # a view of a float32 blob
+            tensor = torch.empty(target.shape, dtype=target.dtype) if target.is_meta else target.detach()
+            if tensor.device.type == "cpu" and tensor.dtype == torch.float32:
+                np.copyto(tensor.numpy(), source)  # one copy, straight from the caffemodel's pages
+            else:
+                tensor.copy_(torch.from_numpy(source.copy()))
+            if not target.is_meta:
+                continue
+            if name in self._parameters:
+                self._parameters[name] = nn.Parameter(tensor, requires_grad=target.requires_grad)
+            else:
+                self._buffers[name] = tensor
 
     def caffe_blobs(self) -> list[np.ndarray]:
         """The blobs as Caffe would store them (inverse of load_blobs)."""
