@@ -13,16 +13,17 @@ import json
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from caffe2torch.batch import BatchPool, describe_failure
-from caffe2torch.crf import CRFParams, check_scores, crf_probabilities
+from caffe2torch.batch import describe_failure
+from caffe2torch.crf import CRFParams, crf_probabilities
 from caffe2torch.errors import CaffeError, Location, OutputError
-from caffe2torch.images import DEFAULT_MAX_PIXELS, overlay, read_image, read_label_image, write_label_png, write_rgb_png
+from caffe2torch.executors.base import Executor, ImageJob, ProgressCallback, no_progress
+from caffe2torch.images import DEFAULT_MAX_PIXELS, overlay, read_label_image, write_label_png, write_rgb_png
 from caffe2torch.metrics import Scores, confusion_matrix, scores_from_confusion
 from caffe2torch.runner import crf_image, softmax
 
@@ -172,9 +173,14 @@ def score_prediction(sample: Sample, prediction: np.ndarray, num_classes: int,
 
 def finish_sample(sample: Sample, logits: np.ndarray | None, rgb: np.ndarray | None, crf: CRFParams | None,
                   out: str, num_classes: int, variants: tuple[str, ...],
-                  crf_device: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
+                  crf_device: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  write_overlay: bool = False) -> dict[str, np.ndarray]:
     """Labels for each variant (computed from logits, or read back from a finished run), written atomically,
-    then scored against the ground truth. Runs in a worker process with --jobs."""
+    then scored against the ground truth; with `write_overlay`, first an overlay of the net's own labels
+    (argmax of the logits) under out/overlays. Runs in a worker process with --jobs, or a Ray task."""
+    if write_overlay and logits is not None:
+        labels = logits.argmax(axis=0).astype(np.uint8)
+        write_rgb_png(Path(out) / "overlays" / f"{sample.id}.png", overlay(rgb, labels))
     matrices = {}
     for variant in variants:
         path = Path(out) / "predictions" / variant / f"{sample.id}.png"
@@ -203,36 +209,46 @@ class EvalResult:
     images: int
     skipped: list[str] = field(default_factory=list)
     resumed: int = 0
+    confusion: dict[str, np.ndarray] = field(default_factory=dict)  # per variant, summed over the images
 
 
 def evaluate_model(
-    backend,
+    executor: Executor,
     samples: list[Sample],
     out: str | Path,
     num_classes: int,
     crf: CRFParams | None = None,
-    logits_fn: Callable[[object, np.ndarray], np.ndarray] | None = None,
-    jobs: int = 1,
     resume: bool = True,
     overlays: int = 5,
-    progress: Callable[[Iterable], Iterable] = lambda x: x,
+    advance: ProgressCallback = no_progress,
     crf_device: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> EvalResult:
-    """Run the model on every sample and score it, with and without CRF when `crf` is given. Any failure of
-    one sample (unreadable image or label, an error of the net or the CRF, a worker that dies) skips that
-    sample with a message; a write that fails for the whole folder (disk full) stops the run (OutputError)."""
-    from caffe2torch.runner import image_logits
-
-    logits_fn = logits_fn or (lambda b, rgb: image_logits(b, rgb))
+    """Run the model on every sample (through `executor`: here, or on a Ray cluster) and score it, with and
+    without CRF when `crf` is given; the per-image confusion matrices are summed here. Any failure of one
+    sample (unreadable image or label, an error of the net or the CRF, a worker that dies) skips that sample
+    with a message; a write that fails for the whole folder (disk full) stops the run (OutputError).
+    `advance(n)` is called as samples finish."""
     out = Path(out)
     variants = ("no_crf", "crf") if crf is not None else ("no_crf",)
     totals = {v: np.zeros((num_classes, num_classes), np.int64) for v in variants}
     result = EvalResult({}, 0)
     by_id = {sample.id: sample for sample in samples}
 
-    def handle(outcomes) -> None:
-        for outcome in outcomes:
+    def jobs() -> Iterator[ImageJob]:
+        for index, sample in enumerate(samples):
+            # Absolute paths: a Ray worker's working directory is not this one.
+            where = Sample(sample.id, sample.image.absolute(), sample.label.absolute())
+            kwargs = {"sample": where, "crf": crf, "out": str(out.absolute()), "num_classes": num_classes,
+                      "variants": variants, "crf_device": crf_device, "max_pixels": max_pixels}
+            if resume and all((out / "predictions" / v / f"{sample.id}.png").is_file() for v in variants):
+                result.resumed += 1  # scored again from the predictions on disk
+                yield ImageJob(sample.id, finish_sample, kwargs)
+                continue
+            yield ImageJob(sample.id, finish_sample, {**kwargs, "write_overlay": index < overlays}, where.image)
+
+    try:
+        for outcome in executor.map(jobs(), advance):
             if outcome.error is None:
                 for variant, matrix in outcome.result.items():
                     totals[variant] += matrix
@@ -242,41 +258,12 @@ def evaluate_model(
                                   "predictions saved so far", outcome.error.location, fatal=True)
             else:
                 result.skipped.append(describe_failure(by_id[outcome.key].image, outcome.error))
-
-    try:
-        with BatchPool(jobs) as batch:
-            for index, sample in enumerate(progress(samples)):
-                done_before = resume and all((out / "predictions" / v / f"{sample.id}.png").is_file()
-                                             for v in variants)
-                if done_before:
-                    result.resumed += 1
-                    handle(batch.submit(sample.id, finish_sample, sample, None, None, crf, str(out), num_classes,
-                                        variants, crf_device, max_pixels))
-                    continue
-                try:
-                    rgb = read_image(sample.image, max_pixels)
-                    logits = logits_fn(backend, rgb)
-                    check_scores(logits)
-                    if index < overlays:
-                        labels = logits.argmax(axis=0).astype(np.uint8)
-                        write_rgb_png(out / "overlays" / f"{sample.id}.png", overlay(rgb, labels))
-                except OutputError as exc:
-                    if exc.fatal:
-                        raise OutputError(f"{exc.message}; running the same command again resumes from the "
-                                          "predictions saved so far", exc.location, fatal=True) from None
-                    result.skipped.append(describe_failure(sample.image, exc))
-                    continue
-                except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's
-                    result.skipped.append(describe_failure(sample.image, exc))
-                    continue
-                handle(batch.submit(sample.id, finish_sample, sample, logits, rgb, crf, str(out), num_classes,
-                                    variants, crf_device, max_pixels))
-            handle(batch.drain())
     except KeyboardInterrupt as exc:
         finished = result.images
         raise type(exc)(f"{finished} of {len(samples)} image(s) were scored and their predictions saved in "
                         f"{out / 'predictions'}; running the same command again resumes from them") from None
     result.scores = {v: scores_from_confusion(totals[v]) for v in variants} if result.images else {}
+    result.confusion = totals
     return result
 
 

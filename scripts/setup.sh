@@ -3,4 +3,4 @@
 # machines carry: an unpinned torch would pull several GB of CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" -e ".[test]"
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" -e ".[test,cluster]"
