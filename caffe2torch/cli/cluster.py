@@ -30,9 +30,19 @@ def ray_options(func: Callable) -> Callable:
     return click.option(
         "--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]", callback=_address,
         help="Run on a Ray cluster (pip install 'caffe2torch[cluster]'): the net in Ray actors, the CRF and writing "
-             "as Ray tasks, the same files as a local run. No ADDRESS: start or join a local Ray; 'auto': the running "
-             "cluster; HOST:PORT or ray://HOST:10001. Inputs and outputs must be on a filesystem every node sees. "
-             "--threads sets each actor's CPUs and net threads [default: 1]; --jobs is not used.")(func)
+             "as Ray tasks, the same files as a local run. No ADDRESS: a Ray of its own on this machine (or "
+             "RAY_ADDRESS's cluster); 'auto': the cluster running here; HOST:PORT or ray://HOST:10001. Inputs and "
+             "outputs must be on a filesystem every node sees. --threads sets each actor's CPUs and net threads "
+             "[default: 1]; --jobs is not used.")(func)
+
+
+def check_ray_options(ray_address: str | None, ray_actors: int | None, crf_device: str | None) -> None:
+    """Combinations refused before anything is opened or written."""
+    if ray_address is None and ray_actors is not None:
+        raise click.UsageError("--ray-actors goes with --ray")
+    if ray_address is not None and crf_device is not None:
+        raise click.UsageError("--crf-device runs the torch CRF in this process; with --ray the CRF runs as "
+                               "pydensecrf tasks on the cluster's CPUs")
 
 
 def open_executor(ray_address: str | None, ray_actors: int | None, model_path: str, backend_kind: str, backend,
@@ -40,13 +50,9 @@ def open_executor(ray_address: str | None, ray_actors: int | None, model_path: s
                   crf_device: str | None, output: Path):
     """The local executor (the net in this process with `backend`, finish in `jobs` worker processes), or with
     --ray the Ray executor (the net in actors with `threads` threads each, default 1)."""
+    check_ray_options(ray_address, ray_actors, crf_device)
     if ray_address is None:
-        if ray_actors is not None:
-            raise click.UsageError("--ray-actors goes with --ray")
         return LocalExecutor(backend, settings, jobs)
-    if crf_device is not None:
-        raise click.UsageError("--crf-device runs the torch CRF in this process; with --ray the CRF runs as "
-                               "pydensecrf tasks on the cluster's CPUs")
     from caffe2torch.executors.ray_executor import RayExecutor
 
     if explicit_jobs:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from caffe2torch.cli.cluster import open_executor, ray_options
+from caffe2torch.cli.cluster import check_ray_options, open_executor, ray_options
 from caffe2torch.cli.common import (
     allow_pixels,
     crf_device_option,
@@ -72,6 +72,7 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     """
     if sum(bool(x) for x in (onnx_path, artifact, predictions)) != 1:
         raise click.UsageError("give exactly one of --onnx, --model or --predictions")
+    check_ray_options(ray_address, ray_actors, crf_device)
     scale_list = parse_scales(scales)
     allow_pixels(max_pixels)
     notes: list[str] = []

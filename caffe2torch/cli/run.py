@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from caffe2torch.batch import describe_failure
-from caffe2torch.cli.cluster import open_executor, ray_options
+from caffe2torch.cli.cluster import check_ray_options, open_executor, ray_options
 from caffe2torch.cli.common import (
     allow_pixels,
     crf_device_option,
@@ -149,6 +149,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     """
     if bool(onnx_path) == bool(artifact):
         raise click.UsageError("give exactly one of --onnx MODEL.onnx or --model ARTIFACT")
+    check_ray_options(ray_address, ray_actors, crf_device)
     scale_list = parse_scales(scales)
     use_crf = crf or bool(crf_preset or crf_params or crf_device)
     crf_in_workers = use_crf and crf_device is None

@@ -133,8 +133,9 @@ def probe_folder(path: str, token: str) -> str | None:
 
 
 class RayExecutor:
-    """Run image jobs on a Ray cluster; see the module's docstring. `address`: '' or None starts or joins a
-    local Ray, 'auto' the running cluster, HOST:PORT or ray://HOST:PORT a given one. `actors`: net actors
+    """Run image jobs on a Ray cluster; see the module's docstring. `address`: '' or None starts a Ray of its
+    own on this machine (or joins the cluster in RAY_ADDRESS), 'auto' the cluster running here (or
+    RAY_ADDRESS's), HOST:PORT or ray://HOST:PORT (Ray Client) a given one. `actors`: net actors
     (default: enough to hold half of the cluster's CPUs, the other half running the finish tasks). `shared`:
     folders every node must see (the output folder), checked on every node before any work."""
 
