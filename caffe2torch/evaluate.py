@@ -14,16 +14,17 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from caffe2torch.batch import BatchPool, describe_failure
-from caffe2torch.crf import CRFParams, check_scores, crf_probabilities
+from caffe2torch.batch import describe_failure
+from caffe2torch.crf import CRFParams, crf_probabilities
 from caffe2torch.errors import CaffeError, Location, OutputError
-from caffe2torch.images import DEFAULT_MAX_PIXELS, read_image, read_label_image, write_label_png
+from caffe2torch.executors.base import Executor, ImageJob
+from caffe2torch.images import DEFAULT_MAX_PIXELS, read_label_image, write_label_png
 from caffe2torch.metrics import Scores, confusion_matrix, scores_from_confusion
 from caffe2torch.progress import Progress, Silent
 from caffe2torch.runner import crf_image, softmax
@@ -176,7 +177,7 @@ def finish_sample(sample: Sample, logits: np.ndarray | None, rgb: np.ndarray | N
                   out: str, num_classes: int, variants: tuple[str, ...],
                   crf_device: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
     """Labels for each variant (computed from logits, or read back from a finished run), written atomically,
-    then scored against the ground truth. Runs in a worker process with --jobs."""
+    then scored against the ground truth. Runs in a worker process with --jobs, or a Ray task."""
     matrices = {}
     for variant in variants:
         path = Path(out) / "predictions" / variant / f"{sample.id}.png"
@@ -205,6 +206,7 @@ class EvalResult:
     images: int
     skipped: list[str] = field(default_factory=list)
     resumed: int = 0
+    confusion: dict[str, np.ndarray] = field(default_factory=dict)  # per variant, summed over the images
     # Each scored image's own mIoU per variant (None: no scored pixel), in the order of the samples.
     per_image: dict[str, dict[str, float | None]] = field(default_factory=dict)
     # Where each variant's label PNGs are, to draw panels from ({"no_crf": RESULTS/predictions/no_crf, ...}).
@@ -222,25 +224,21 @@ def _ordered(per_image: dict[str, dict[str, float | None]], samples: list[Sample
 
 
 def evaluate_model(
-    backend,
+    executor: Executor,
     samples: list[Sample],
     out: str | Path,
     num_classes: int,
     crf: CRFParams | None = None,
-    logits_fn: Callable[[object, np.ndarray], np.ndarray] | None = None,
-    jobs: int = 1,
     resume: bool = True,
     progress: Progress | None = None,
     crf_device: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> EvalResult:
-    """Run the model on every sample and score it, with and without CRF when `crf` is given. Any failure of
-    one sample (unreadable image or label, an error of the net or the CRF, a worker that dies) skips that
-    sample with a message; a write that fails for the whole folder (disk full) stops the run (OutputError).
+    """Run the model on every sample (through `executor`: here, or on a Ray cluster) and score it, with and
+    without CRF when `crf` is given; the per-image confusion matrices are summed here. Any failure of one
+    sample (unreadable image or label, an error of the net or the CRF, a worker that dies) skips that sample
+    with a message; a write that fails for the whole folder (disk full) stops the run (OutputError).
     `progress` (progress.Progress) is told of each image when it is scored or skipped."""
-    from caffe2torch.runner import image_logits
-
-    logits_fn = logits_fn or (lambda b, rgb: image_logits(b, rgb))
     progress = progress or Silent()
     out = Path(out)
     variants = ("no_crf", "crf") if crf is not None else ("no_crf",)
@@ -249,8 +247,26 @@ def evaluate_model(
     by_id = {sample.id: sample for sample in samples}
     reused: set[str] = set()
 
-    def handle(outcomes) -> None:
-        for outcome in outcomes:
+    def jobs() -> Iterator[ImageJob]:
+        for sample in samples:
+            # Absolute paths: a Ray worker's working directory is not this one.
+            where = Sample(sample.id, sample.image.absolute(), sample.label.absolute())
+            kwargs = {"sample": where, "crf": crf, "out": str(out.absolute()), "num_classes": num_classes,
+                      "variants": variants, "crf_device": crf_device, "max_pixels": max_pixels}
+            if resume and all((out / "predictions" / v / f"{sample.id}.png").is_file() for v in variants):
+                result.resumed += 1  # scored again from the predictions on disk
+                reused.add(sample.id)
+                yield ImageJob(sample.id, finish_sample, kwargs)
+                continue
+            yield ImageJob(sample.id, finish_sample, kwargs, where.image)
+
+    def skip(sample: Sample, exc: BaseException) -> None:
+        result.skipped.append(describe_failure(sample.image, exc))
+        progress.advance(done=0, skipped=1)
+
+    progress.start(len(samples))
+    try:
+        for outcome in executor.map(jobs()):
             if outcome.error is None:
                 for variant, matrix in outcome.result.items():
                     totals[variant] += matrix
@@ -262,39 +278,6 @@ def evaluate_model(
                                   "predictions saved so far", outcome.error.location, fatal=True)
             else:
                 skip(by_id[outcome.key], outcome.error)
-
-    def skip(sample: Sample, exc: BaseException) -> None:
-        result.skipped.append(describe_failure(sample.image, exc))
-        progress.advance(done=0, skipped=1)
-
-    progress.start(len(samples))
-    try:
-        with BatchPool(jobs) as batch:
-            for sample in samples:
-                done_before = resume and all((out / "predictions" / v / f"{sample.id}.png").is_file()
-                                             for v in variants)
-                if done_before:
-                    result.resumed += 1
-                    reused.add(sample.id)
-                    handle(batch.submit(sample.id, finish_sample, sample, None, None, crf, str(out), num_classes,
-                                        variants, crf_device, max_pixels))
-                    continue
-                try:
-                    rgb = read_image(sample.image, max_pixels)
-                    logits = logits_fn(backend, rgb)
-                    check_scores(logits)
-                except OutputError as exc:
-                    if exc.fatal:
-                        raise OutputError(f"{exc.message}; running the same command again resumes from the "
-                                          "predictions saved so far", exc.location, fatal=True) from None
-                    skip(sample, exc)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's
-                    skip(sample, exc)
-                    continue
-                handle(batch.submit(sample.id, finish_sample, sample, logits, rgb, crf, str(out), num_classes,
-                                    variants, crf_device, max_pixels))
-            handle(batch.drain())
     except KeyboardInterrupt as exc:
         finished = result.images
         raise type(exc)(f"{finished} of {len(samples)} image(s) were scored and their predictions saved in "
@@ -303,6 +286,7 @@ def evaluate_model(
         progress.close()
     result.per_image = _ordered(result.per_image, samples)
     result.scores = {v: scores_from_confusion(totals[v]) for v in variants} if result.images else {}
+    result.confusion = totals
     return result
 
 

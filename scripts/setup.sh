@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 python=$(command -v python3)
-EXTRAS="test,openvino"
+EXTRAS="test,openvino,cluster"
 if ! python3 -c "import pydensecrf.densecrf" 2>/dev/null; then
   echo "setup: pydensecrf2 (DeepLab's dense CRF) will be compiled from source: about half a minute to a few minutes"
 fi

@@ -16,6 +16,7 @@ from PIL import Image
 from caffe2torch.batch import BatchPool, WorkerDied
 from caffe2torch.cli import convert, run
 from caffe2torch.cli.common import per_core_limit
+from caffe2torch.executors import base as executor_base
 from caffe2torch.outputs import RunJournal, assign_stems
 
 from .conftest import net_from_text, write_random_weights
@@ -110,21 +111,21 @@ def test_bad_images_are_reported_once_each_and_the_batch_goes_on(model, photos, 
 @pytest.mark.parametrize("failure", [RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION"),
                                      MemoryError(), ValueError("odd"), OSError(5, "Input/output error")])
 def test_any_failure_of_the_net_on_one_image_skips_only_that_image(model, photos, tmp_path, monkeypatch, failure):
-    real = run.image_logits
+    real = executor_base.image_logits
 
     def flaky(backend, rgb, *args):
         if rgb.shape[:2] == (24, 32) and rgb[0, 0, 0] == np.asarray(Image.open(photos / "a.jpg"))[0, 0, 0]:
             raise failure
         return real(backend, rgb, *args)
 
-    monkeypatch.setattr(run, "image_logits", flaky)
+    monkeypatch.setattr(executor_base, "image_logits", flaky)
     result = deeplab_run(model, photos, "-o", tmp_path / "out")
     assert result.exit_code == 1 and "segmented 1 of 2" in result.output
     assert f"a.jpg: {type(failure).__name__}" in result.output or "a.jpg: out of memory" in result.output
 
 
 def test_nan_scores_are_an_image_failure_not_label_zero(model, photos, tmp_path, monkeypatch):
-    monkeypatch.setattr(run, "image_logits", lambda backend, rgb, *a: np.full((21, *rgb.shape[:2]), np.nan,
+    monkeypatch.setattr(executor_base, "image_logits", lambda backend, rgb, *a: np.full((21, *rgb.shape[:2]), np.nan,
                                                                                np.float32))
     result = deeplab_run(model, photos, "-o", tmp_path / "out")
     assert result.exit_code == 1 and result.output.count("NaN or infinite") == 2
@@ -192,7 +193,7 @@ def test_an_output_name_taken_by_a_folder_skips_that_image_only(model, photos, t
 
 def test_rerun_resumes_only_what_was_done_with_the_same_settings(model, photos, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = run.image_logits
+    real = executor_base.image_logits
     calls = []
 
     def interrupted_at_second(backend, rgb, *args):
@@ -201,11 +202,11 @@ def test_rerun_resumes_only_what_was_done_with_the_same_settings(model, photos, 
             raise KeyboardInterrupt
         return real(backend, rgb, *args)
 
-    monkeypatch.setattr(run, "image_logits", interrupted_at_second)
+    monkeypatch.setattr(executor_base, "image_logits", interrupted_at_second)
     first = deeplab_run(model, photos, "-o", out)
     assert first.exit_code == 130, first.output
     assert "1 of 2 image(s) are done" in first.output and "running the same command again resumes" in first.output
-    monkeypatch.setattr(run, "image_logits", real)
+    monkeypatch.setattr(executor_base, "image_logits", real)
     stamp = (out / "a.png").stat().st_mtime_ns
     second = deeplab_run(model, photos, "-o", out)
     assert second.exit_code == 0 and "segmented 2 of 2" in second.output and "1 from an earlier run" in second.output

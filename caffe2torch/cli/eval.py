@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from caffe2torch.cli.backend import backend_options, backend_settings, chosen_backend, open_cli_backend
+from caffe2torch.cli.cluster import check_ray_options, open_executor, ray_options
 from caffe2torch.cli.common import (
     allow_pixels,
     crf_device_option,
@@ -19,14 +20,7 @@ from caffe2torch.cli.common import (
     parallelism_options,
     reports_errors,
 )
-from caffe2torch.cli.run import (
-    check_class_count,
-    check_logits,
-    check_scaled_size,
-    default_jobs,
-    default_threads,
-    parse_scales,
-)
+from caffe2torch.cli.run import check_class_count, default_jobs, default_threads, parse_scales
 from caffe2torch.crf import PRESET_ALIASES, PRESETS
 from caffe2torch.errors import CaffeError, Location
 from caffe2torch.eval_report import (
@@ -38,9 +32,9 @@ from caffe2torch.eval_report import (
     write_reports,
 )
 from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_samples
+from caffe2torch.executors import InferenceSettings
 from caffe2torch.outputs import check_outputs_spare_inputs, prepare_output_folder
 from caffe2torch.progress import Progress
-from caffe2torch.runner import image_logits
 from caffe2torch.util import atomic_write_text, file_sha256
 
 
@@ -76,10 +70,11 @@ from caffe2torch.util import atomic_write_text, file_sha256
               help="Also draw panels for the K images with the lowest mIoU (with the CRF when there is one).")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="results", show_default=True,
               help="The results folder: results.json, report.md, per_class_iou.png, panels/, predictions/.")
+@ray_options
 @reports_errors
 def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir, crf, crf_preset, crf_params,
          crf_device, scales, flip, fuse, jobs, threads, limit, max_pixels, resume, first_panels, worst_panels, outdir,
-         backend_name, precision):
+         backend_name, precision, ray_address, ray_actors):
     """Score a model (mIoU, per-class IoU, pixel accuracy, mean class accuracy, frequency-weighted IoU) on
     PASCAL VOC 2012 with one dataset-level confusion matrix, label 255 ignored; with --crf, with and without
     the dense CRF in one pass. Writes RESULTS/results.json, report.md (with a per-class IoU chart,
@@ -92,11 +87,13 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
       deeplab-eval --onnx resnet/model.onnx --voc-root VOCdevkit/VOC2012 --split val --crf -o results
       deeplab-eval --predictions caffe_labels/ --voc-root VOCdevkit/VOC2012 --split val
       deeplab-eval --onnx resnet/model.onnx --voc-root VOCdevkit/VOC2012 --crf-device cuda -o results_gpu_crf
+      deeplab-eval --onnx /shared/model.onnx --voc-root /shared/VOC2012 --crf -o /shared/results --ray auto
     """
     if sum(bool(x) for x in (onnx_path, artifact, predictions)) != 1:
         raise click.UsageError("give exactly one of --onnx, --model or --predictions")
     if not predictions:
         chosen_backend(backend_name, onnx_path, artifact)  # a usage error before anything is read
+    check_ray_options(ray_address, ray_actors, crf_device)
     scale_list = parse_scales(scales)
     allow_pixels(max_pixels)
     notes: list[str] = []
@@ -123,6 +120,7 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
                                inputs + [Path(model_file)], out)
     crf = crf or bool(crf_preset or crf_params or crf_device)  # CRF settings imply --crf, as in deeplab-run
     crf_in_workers = crf and crf_device is None
+    explicit_jobs, ray_threads = jobs is not None, threads
     jobs = default_jobs(jobs, crf_in_workers)
     threads = default_threads(threads, jobs, crf_in_workers)
     backend = open_cli_backend(backend_name, precision, onnx_path, artifact, threads)
@@ -136,14 +134,14 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
         settings["crf_device"] = crf_device
     check_resume(out, settings, resume)
 
-    def logits(b, rgb):
-        check_scaled_size(rgb, scale_list, max_pixels, b.info.crop_size)
-        result = image_logits(b, rgb, scale_list, flip, fuse)
-        check_logits(result)
-        return result
-
-    result = evaluate_model(backend, samples, out, len(class_names), params, logits, jobs, resume,
-                            progress=Progress("evaluating"), crf_device=crf_device, max_pixels=max_pixels)
+    inference = InferenceSettings(scale_list, flip, fuse, max_pixels)
+    with open_executor(ray_address, ray_actors, model_file, backend, inference, jobs, ray_threads, explicit_jobs,
+                       crf_device, out) as executor:
+        result = evaluate_model(executor, samples, out, len(class_names), params, resume,
+                                progress=Progress("evaluating"), crf_device=crf_device, max_pixels=max_pixels)
+        summary = executor.summary()
+    if summary:
+        click.echo(summary, err=True)
     header = {"model": str(model_file), "dataset": dataset, "settings": settings}
     panel_notes: list[str] = []
     try:

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from caffe2torch.batch import BatchPool, describe_failure
+from caffe2torch.batch import describe_failure
 from caffe2torch.cli.backend import backend_options, backend_settings, chosen_backend, open_cli_backend
+from caffe2torch.cli.cluster import check_ray_options, open_executor, ray_options
 from caffe2torch.cli.common import (
     allow_pixels,
     crf_device_option,
@@ -23,7 +24,8 @@ from caffe2torch.cli.common import (
 )
 from caffe2torch.crf import PRESET_ALIASES, PRESETS, CRFParams, check_scores
 from caffe2torch.errors import CaffeError, OutputError
-from caffe2torch.images import list_images, read_image, write_label_png, write_rgb_png
+from caffe2torch.executors import ImageJob, InferenceSettings
+from caffe2torch.images import list_images, write_label_png, write_rgb_png
 from caffe2torch.outputs import (
     RUN_OUTPUT_SUFFIXES,
     RunJournal,
@@ -34,7 +36,7 @@ from caffe2torch.outputs import (
 )
 from caffe2torch.pictures import overlay_with_legend
 from caffe2torch.progress import Progress
-from caffe2torch.runner import image_logits, legend_json, padded_size, postprocess
+from caffe2torch.runner import legend_json, padded_size, postprocess
 from caffe2torch.util import atomic_path, atomic_write_text, file_sha256
 
 MAX_SCALES = 16
@@ -133,9 +135,10 @@ def check_logits(logits: np.ndarray) -> None:
 @max_pixels_option
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Skip images this output folder already holds from a run with the same settings.")
+@ray_options
 @reports_errors
 def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_device, scales, flip, fuse,
-         save_probs, jobs, threads, max_pixels, resume, backend_name, precision):
+         save_probs, jobs, threads, max_pixels, resume, backend_name, precision, ray_address, ray_actors):
     """Segment images or folders of images. For each image writes OUTDIR/<name>.png (labels as a palette
     PNG), <name>_overlay.png (the labels over the image, with a legend of the classes present under it) and,
     with --save-probs, the class probabilities; OUTDIR/legend.json names each label and its colour. Names
@@ -152,13 +155,16 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
       deeplab-run --model converted/model.safetensors photos/ --scales 0.5,0.75,1 --flip
       deeplab-run --onnx converted/model.onnx photos/ --crf --crf-device cuda
       deeplab-run --onnx converted/model.onnx photos/ --backend openvino --precision bf16
+      deeplab-run --onnx /shared/model.onnx /shared/photos -o /shared/out --crf --ray auto
     """
     if bool(onnx_path) == bool(artifact):
         raise click.UsageError("give exactly one of --onnx MODEL.onnx or --model ARTIFACT")
-    chosen_backend(backend_name, onnx_path, artifact)  # a usage error before anything is read
+    chosen_backend(backend_name, onnx_path, artifact)  # usage errors before anything is read
+    check_ray_options(ray_address, ray_actors, crf_device)
     scale_list = parse_scales(scales)
     use_crf = crf or bool(crf_preset or crf_params or crf_device)
     crf_in_workers = use_crf and crf_device is None
+    explicit_jobs, ray_threads = jobs is not None, threads
     jobs = default_jobs(jobs, crf_in_workers)
     threads = default_threads(threads, jobs, crf_in_workers)
     allow_pixels(max_pixels)
@@ -207,31 +213,33 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
             else:
                 fail(outcome.key, outcome.error)
 
+    def image_jobs():
+        nonlocal resumed
+        for path in paths:
+            stem = stems[path]
+            if resume and journal.is_done(path, stem, outputs_of(stem)):
+                resumed += 1
+                progress.advance(done=0, reused=1)
+                continue
+            journal.started(path, stem)
+            yield ImageJob(path, finish_image, {"stem": stem, "crf": params, "outdir": str(out.absolute()),
+                                                "save_probs": save_probs, "crf_device": crf_device,
+                                                "class_names": class_names}, path.absolute())
+
+    inference = InferenceSettings(scale_list, flip, fuse, max_pixels)
+    summary = None
     try:
-        with BatchPool(jobs) as batch, progress.start(len(paths)):
-            for path in paths:
-                stem = stems[path]
-                if resume and journal.is_done(path, stem, outputs_of(stem)):
-                    resumed += 1
-                    progress.advance(done=0, reused=1)
-                    continue
-                try:
-                    rgb = read_image(path, max_pixels)
-                    check_scaled_size(rgb, scale_list, max_pixels, backend.info.crop_size)
-                    logits = image_logits(backend, rgb, scale_list, flip, fuse)
-                    check_logits(logits)
-                except Exception as exc:  # noqa: BLE001 - any failure of one image is that image's
-                    fail(path, exc)
-                    continue
-                journal.started(path, stem)
-                handle(batch.submit(path, finish_image, stem, rgb, logits, params, str(out), save_probs, crf_device,
-                                    class_names))
-            handle(batch.drain())
+        with open_executor(ray_address, ray_actors, model_file, backend, inference, jobs, ray_threads,
+                           explicit_jobs, crf_device, out) as executor, progress.start(len(paths)):
+            handle(executor.map(image_jobs()))
+            summary = executor.summary()
     except KeyboardInterrupt as exc:
         raise interrupted_with(exc, f"{done + resumed} of {len(paths)} image(s) are done in {out} (every file "
                                     "written is complete); running the same command again resumes") from None
     finally:
         journal.close()
+    if summary:
+        click.echo(summary, err=True)
     click.echo(f"segmented {done + resumed} of {len(paths)} image(s) into {out}"
                + (f" ({resumed} from an earlier run with the same settings)" if resumed else "")
                + (f" with the dense CRF ({describe(params)})" if params else ""))
