@@ -201,7 +201,9 @@ def test_eval_counts_scored_images(model, tmp_path, monkeypatch):
 def test_an_interrupted_eval_says_the_same_command_resumes(model, tmp_path, monkeypatch):
     root, out = tmp_path / "VOC", tmp_path / "r"
     voc_layout(root, count=3)
-    real, calls = eval_cli.image_logits, []
+    from caffe2torch.executors import base as executor_base
+
+    real, calls = executor_base.image_logits, []
 
     def interrupted_at_second(backend, rgb, *args):
         calls.append(1)
@@ -209,13 +211,13 @@ def test_an_interrupted_eval_says_the_same_command_resumes(model, tmp_path, monk
             raise KeyboardInterrupt
         return real(backend, rgb, *args)
 
-    monkeypatch.setattr(eval_cli, "image_logits", interrupted_at_second)
+    monkeypatch.setattr(executor_base, "image_logits", interrupted_at_second)
     args = ["--onnx", str(model), "--voc-root", str(root), "-o", str(out)]
     first = CliRunner().invoke(eval_cli.main, args)
     assert first.exit_code == 130
     assert ("interrupted: 1 of 3 image(s) were scored and their predictions saved in "
             f"{out / 'predictions'}; running the same command again resumes from them") in first.output
-    monkeypatch.setattr(eval_cli, "image_logits", real)
+    monkeypatch.setattr(executor_base, "image_logits", real)
 
     def interrupted_in_the_report(*args, **kwargs):
         raise KeyboardInterrupt
