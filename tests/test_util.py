@@ -66,12 +66,12 @@ def test_worker_pool_runs_single_threaded_workers_with_bit_identical_crf():
         assert np.array_equal(result, dense_crf(score, image, crf_preset("v2")))
 
 
-def test_cli_defaults_split_the_cores_between_the_net_and_the_crf_workers(monkeypatch):
+def test_cli_defaults_give_the_net_every_core_and_the_crf_one_worker_per_core(monkeypatch):
     from caffe2torch.cli.run import default_jobs, default_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert default_jobs(None, crf=True) == 16 and default_jobs(None, crf=False) == 1 and default_jobs(3, True) == 3
-    assert default_threads(None, jobs=16, crf=True) == 8  # CRF workers beside the net: half the cores
+    assert default_threads(None, jobs=16, crf=True) == 16  # the net on every core, CRF workers beside it
     assert default_threads(None, jobs=1, crf=True) == 16  # the CRF runs after the net, in the same process
     assert default_threads(None, jobs=4, crf=False) == 16  # workers only write files
     assert default_threads(5, jobs=16, crf=True) == 5

@@ -137,7 +137,7 @@ def _bounded_count(ctx: click.Context, param: click.Parameter, value: int | None
 def parallelism_options(func: Callable) -> Callable:
     """--jobs and --threads, as deeplab-run and deeplab-eval take them."""
     func = click.option("--threads", type=click.IntRange(min=1), default=None, callback=_bounded_count,
-                        help="Threads for the network [default: all cores; half of them beside CRF workers].")(func)
+                        help="Threads for the network [default: all cores].")(func)
     return click.option("--jobs", type=click.IntRange(min=1), default=None, callback=_bounded_count,
                         help="Worker processes for the CRF, scoring and writing [default: one per core with --crf, "
                              "else 1].")(func)
