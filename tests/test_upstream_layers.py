@@ -652,6 +652,50 @@ def test_repeated_names_load_as_copy_trained_layers_from(tmp_path):
         load_caffemodel_weights(net_from_text(REPEATED), tmp_path / "relu.caffemodel")
 
 
+def test_layer_outside_the_caffemodel_runs_with_its_constant_fillers(tmp_path):
+    # OpenCV's shared_weights test net (opencv_extra testdata/dnn/layers/shared_weights.prototxt): two
+    # Convolutions and two InnerProducts repeat a name, with constant fillers. Caffe copies both caffemodel 'conv'
+    # layers into the first net 'conv' (CopyTrainedLayersFrom), and runs the second with ConstantFiller's values:
+    # deterministic, so converted (and reported). OpenCV's expected sums: 0+2+4+6 = 12 and 1+3+5+7 = 16.
+    layers = "".join(f"""layer {{ name: "{name}" type: "{kind}" bottom: "{bottom}" top: "{top}" {param} {{
+  num_output: 1 {extra} weight_filler {{ type: 'constant' value: 1 }} bias_filler {{ type: 'constant' value: 0 }} }} }}
+""" for name, kind, bottom, top, param, extra in (
+        ("conv", "Convolution", "input_1", "conv_1", "convolution_param", "kernel_size: 1"),
+        ("conv", "Convolution", "input_2", "conv_2", "convolution_param", "kernel_size: 1"),
+        ("sum", "InnerProduct", "conv_1", "sum_1", "inner_product_param", ""),
+        ("sum", "InnerProduct", "conv_2", "sum_2", "inner_product_param", "")))
+    text = ('input: "input_1" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n'
+            'input: "input_2" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n' + layers
+            + 'layer { name: "concat" type: "Concat" bottom: "sum_1" bottom: "sum_2" top: "sum" }\n')
+    ones = {"Convolution": [np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32)],
+            "InnerProduct": [np.ones((1, 4), np.float32), np.zeros(1, np.float32)]}
+    write_caffemodel(tmp_path / "w.caffemodel", [WeightsLayer(n, k, ones[k]) for n, k in
+                                                 (("conv", "Convolution"), ("conv", "Convolution"),
+                                                  ("sum", "InnerProduct"), ("sum", "InnerProduct"))])
+    net, report = convert(spec_from_text(text), tmp_path / "w.caffemodel")
+    assert report.ok and report.loaded == ["conv", "sum"] and not report.missing
+    assert report.filled == ["conv (Convolution, line 5): blob 0 = 1, blob 1 = 0",
+                             "sum (InnerProduct, line 9): blob 0 = 1, blob 1 = 0"]
+    x1 = np.array([0, 2, 4, 6], np.float32).reshape(1, 1, 2, 2)
+    x2 = np.array([1, 3, 5, 7], np.float32).reshape(1, 1, 2, 2)
+    np.testing.assert_array_equal(run_net(net, input_1=x1, input_2=x2)["sum"], [[12, 16]])
+    check_onnx(net, {"input_1": x1, "input_2": x2}, {"sum": np.array([[12, 16]], np.float32)})
+    # The first 'sum' gets the caffemodel's blobs, not its fillers; the second keeps its filler values.
+    twos = [np.full((1, 4), 2, np.float32), np.zeros(1, np.float32)]
+    write_caffemodel(tmp_path / "twos.caffemodel", [WeightsLayer("conv", "Convolution", ones["Convolution"]),
+                                                    WeightsLayer("sum", "InnerProduct", twos)])
+    net, report = convert(spec_from_text(text), tmp_path / "twos.caffemodel")
+    np.testing.assert_array_equal(run_net(net, input_1=x1, input_2=x2)["sum"], [[24, 16]])
+    # A layer without fillers (a deploy file's usual form: Caffe would fill zeros) or with a random one stays
+    # missing: the caffemodel most likely lacks it by mistake.
+    for filler in ("", "weight_filler { type: 'gaussian' std: 0.1 }"):
+        plain = text.replace("weight_filler { type: 'constant' value: 1 } bias_filler { type: 'constant' value: 0 }",
+                             filler)
+        with pytest.raises(WeightsMismatchError) as info:
+            convert(spec_from_text(plain), tmp_path / "w.caffemodel")
+        assert [m.split(" (")[0] for m in info.value.missing] == ["conv", "sum"]
+
+
 def test_repeated_names_with_unique_weights_convert(tmp_path):
     # A repeated name on a layer without parameters (a ReLU named like its convolution) is common and harmless.
     text = net_text("""layer { name: "conv" type: "Convolution" bottom: "x" top: "a" convolution_param { num_output: 2
