@@ -1119,3 +1119,40 @@ def test_0d_convolution_and_3d_deconvolution(tmp_path):
     assert blobs["v"].shape == w.shape
     np.testing.assert_allclose(float((blobs["d"] * y).sum()), float((w * blobs["v"]).sum()), rtol=1e-4)
     check_onnx(net, {"x": x, "y": y, "w": w}, {k: blobs[k] for k in ("c", "v", "d")})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A net input rewritten in place
+# ---------------------------------------------------------------------------------------------------------
+
+INPLACE_INPUT = """layer { name: "input" type: "Input" top: "input"
+  input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "prelu_1" type: "PReLU" bottom: "input" top: "input" prelu_param { channel_shared: false } }
+layer { name: "output" type: "PReLU" bottom: "input" top: "output" prelu_param { channel_shared: true } }
+"""
+
+
+def test_net_input_rewritten_in_place(tmp_path):
+    # OpenCV's layer_prelu test net (opencv_extra testdata/dnn/layers/layer_prelu.prototxt): the first PReLU
+    # writes the net input in place, so after Forward Caffe's blob 'input' holds its result. torch keeps Caffe's
+    # final value; the ONNX graph input keeps the given array, so onnxruntime checks that value through the
+    # blobs computed from it and leaves 'input' unchecked (it compared the given array with it before).
+    slopes, shared = random((3,), seed=2), np.array([0.3], np.float32)
+    write_caffemodel(tmp_path / "w.caffemodel", [WeightsLayer("input", "Input", []),
+                                                 WeightsLayer("prelu_1", "PReLU", [slopes]),
+                                                 WeightsLayer("output", "PReLU", [shared])])
+    net, report = convert(spec_from_text(INPLACE_INPUT), tmp_path / "w.caffemodel")
+    assert report.ok
+    x = random((2, 3, 4, 5), seed=1)
+    first = np.where(x > 0, x, x * slopes[None, :, None, None])
+    expected = {"input": first, "output": np.where(first > 0, first, first * shared[0])}
+    blobs = run_net(net, input=x)
+    for name, value in expected.items():
+        np.testing.assert_allclose(blobs[name], value, rtol=1e-6)
+    report = verify_onnx(net, {"input": x}, expected)
+    assert report.ok and [b.name for b in report.blobs] == ["output"]
+    assert [u.name for u in report.unchecked] == ["input"] and "rewrites in place" in report.unchecked[0].reason
+    # A net whose output is such an input cannot be ONNX (an output cannot take its graph input's name).
+    only = net_from_text(INPLACE_INPUT.rsplit("layer {", 1)[0])
+    with pytest.raises(UnsupportedError, match="blob 'input' is a net input that PReLU 'prelu_1' rewrites in place"):
+        export_onnx(only, tmp_path / "only.onnx")
