@@ -46,6 +46,9 @@ class LoadReport:
     unused: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     shared: list[str] = field(default_factory=list)
+    # layers the caffemodel does not cover whose every blob has a constant filler in the prototxt: Caffe runs them
+    # with those values, and so do we (each entry names the layer and the values)
+    filled: list[str] = field(default_factory=list)
     # layer → (NaN or infinite values, values) for layers whose weights are not all finite
     nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -116,10 +119,12 @@ def match_weights(
     shapes; load nothing. For each caffemodel layer in file order, the FIRST layer of the net with its name takes
     its blobs (the blob counts must agree, blob-less layers included: Caffe stops otherwise), so a later caffemodel
     layer of the same name overwrites an earlier one, a net layer that repeats an earlier layer's name never gets
-    weights (Caffe would run it with its filler's values: reported missing), and a blob shared by ParamSpec name
-    holds whichever copy came last. Needs only the NetSpec and its inferred shapes, so `deeplab-info` can check
-    weights without building the net. With `nonfinite`, NaN and infinite values are counted too (a pass over the
-    weights); a loader that copies the blobs anyway counts them as it goes (record_nonfinite) and passes False.
+    weights (Caffe would run it with its filler's values: reported missing, unless the prototxt gives every one
+    of its blobs a constant filler, whose values it then gets, see constant_filler_blobs), and a blob shared by
+    ParamSpec name holds whichever copy came last. Needs only the NetSpec and its inferred shapes, so
+    `deeplab-info` can check weights without building the net. With `nonfinite`, NaN and infinite values are
+    counted too (a pass over the weights); a loader that copies the blobs anyway counts them as it goes
+    (record_nonfinite) and passes False.
     The plan maps each layer's internal name to its blobs, None where a blob is another layer's (shared)."""
     report = LoadReport()
     ties = spec.shared_parameters()
@@ -170,7 +175,16 @@ def match_weights(
             continue
         keys = [ties.get((layer.name, i), (layer.name, i)) for i in range(len(expected))]
         if not all(key in assigned for key in keys):
-            if layer.name not in refused:
+            filled = None
+            if layer.name not in refused and not any(key in assigned for key in keys) and all(
+                    key == (layer.name, i) for i, key in enumerate(keys)):
+                filled = constant_filler_blobs(layer, expected)
+            if filled is not None:
+                plan[layer.name] = filled
+                report.filled.append(f"{layer.file_name} ({layer.type}, line {layer.line}): " + ", ".join(
+                    f"blob {i} = {float(b.flat[0]):g}" if b.size else f"blob {i} (empty)"
+                    for i, b in enumerate(filled)))
+            elif layer.name not in refused:
                 report.missing.append(_missing_text(layer, first))
             continue
         own = [assigned[key] if key == (layer.name, i) else None for i, key in enumerate(keys)]
@@ -185,6 +199,36 @@ def match_weights(
             record_nonfinite(report, layer.file_name, present)
             model.release(present)  # counting read the mapped pages: let the kernel drop them again
     return report, plan
+
+
+# The FillerParameter of each parameter blob, by layer type: (parameter message, filler field) per blob, in
+# the order the layer's blobs are stored (BVLC caffe master's LayerSetUp of each layer).
+_BLOB_FILLERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "Convolution": (("convolution_param", "weight_filler"), ("convolution_param", "bias_filler")),
+    "Deconvolution": (("convolution_param", "weight_filler"), ("convolution_param", "bias_filler")),
+    "InnerProduct": (("inner_product_param", "weight_filler"), ("inner_product_param", "bias_filler")),
+    "Embed": (("embed_param", "weight_filler"), ("embed_param", "bias_filler")),
+    "Scale": (("scale_param", "filler"), ("scale_param", "bias_filler")),
+    "Bias": (("bias_param", "filler"),),
+    "PReLU": (("prelu_param", "filler"),),
+}
+
+
+def constant_filler_blobs(layer: LayerSpec, expected: list[Shape]) -> list[np.ndarray] | None:
+    """The blobs Caffe gives a layer that no caffemodel layer fills, when the prototxt sets a constant filler for
+    every one of them (FillerParameter type "constant", its default, with `value`, default 0): Caffe runs the
+    layer with those values (ConstantFiller), deterministically. None when any blob's filler is left unset (a
+    deploy file seldom says; the weights are then most likely missing by mistake) or is random."""
+    fillers = _BLOB_FILLERS.get(layer.type)
+    if fillers is None or len(expected) > len(fillers) or any(d is None for s in expected for d in s):
+        return None
+    blobs = []
+    for (message, name), shape in zip(fillers, expected):
+        filler = layer.param(message).get(name)
+        if not isinstance(filler, dict) or filler.get("type", "constant") != "constant":
+            return None
+        blobs.append(np.full(tuple(int(d) for d in shape), np.float32(filler.get("value", 0.0)), np.float32))
+    return blobs
 
 
 def _missing_text(layer: LayerSpec, first: dict[str, _Target]) -> str:

@@ -104,8 +104,23 @@ def check_exportable(net: CaffeNet, outputs: Sequence[str]) -> None:
             problems.append((layer_location(net.spec, layer),
                              f"{layer.type} has no ONNX lowering (it runs in the torch backend, or as the "
                              f"runner's CRF); export the blobs before it with --onnx-outputs"))
+    for name in outputs:
+        writer = inplace_input_writer(net, name)
+        if writer is not None:
+            problems.append((layer_location(net.spec, writer),
+                             f"blob '{name}' is a net input that {writer.type} '{writer.file_name}' rewrites in place: "
+                             "an ONNX output cannot take its graph input's name; export a blob computed from it, "
+                             "or give the layer a top of its own"))
     if problems:
         raise UnsupportedError(problems, net.spec.source)
+
+
+def inplace_input_writer(net: CaffeNet, blob: str):
+    """The last layer that writes a net input in place (Caffe's blob of that name then holds its result), or None
+    when `blob` is no such input."""
+    if blob not in net.input_names:
+        return None
+    return next((layer for layer in reversed(net.spec.layers) if blob in layer.tops), None)
 
 
 def tracing_shapes(net: CaffeNet, sizes: InputSizes | None = None,

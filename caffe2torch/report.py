@@ -57,6 +57,7 @@ class NetReport:
                 "loaded": self.weights.loaded,
                 "shared": self.weights.shared,
                 "missing": self.weights.missing,
+                "filled": self.weights.filled,
                 "unused": self.weights.unused,
                 "mismatched": self.weights.mismatched,
             }
@@ -105,6 +106,10 @@ class NetReport:
                 if items:
                     lines.append(f"  {title} ({len(items)}):")
                     lines += [f"    {item}" for item in items]
+            if w.filled:
+                lines.append(f"  not in the caffemodel, run with the prototxt's constant fillers as Caffe runs them "
+                             f"({len(w.filled)}):")
+                lines += [f"    {item}" for item in w.filled]
         for note in spec.notes + self.notes:
             lines.append(f"note: {note}")
         return "\n".join(lines)

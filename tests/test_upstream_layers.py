@@ -652,6 +652,50 @@ def test_repeated_names_load_as_copy_trained_layers_from(tmp_path):
         load_caffemodel_weights(net_from_text(REPEATED), tmp_path / "relu.caffemodel")
 
 
+def test_layer_outside_the_caffemodel_runs_with_its_constant_fillers(tmp_path):
+    # OpenCV's shared_weights test net (opencv_extra testdata/dnn/layers/shared_weights.prototxt): two
+    # Convolutions and two InnerProducts repeat a name, with constant fillers. Caffe copies both caffemodel 'conv'
+    # layers into the first net 'conv' (CopyTrainedLayersFrom), and runs the second with ConstantFiller's values:
+    # deterministic, so converted (and reported). OpenCV's expected sums: 0+2+4+6 = 12 and 1+3+5+7 = 16.
+    layers = "".join(f"""layer {{ name: "{name}" type: "{kind}" bottom: "{bottom}" top: "{top}" {param} {{
+  num_output: 1 {extra} weight_filler {{ type: 'constant' value: 1 }} bias_filler {{ type: 'constant' value: 0 }} }} }}
+""" for name, kind, bottom, top, param, extra in (
+        ("conv", "Convolution", "input_1", "conv_1", "convolution_param", "kernel_size: 1"),
+        ("conv", "Convolution", "input_2", "conv_2", "convolution_param", "kernel_size: 1"),
+        ("sum", "InnerProduct", "conv_1", "sum_1", "inner_product_param", ""),
+        ("sum", "InnerProduct", "conv_2", "sum_2", "inner_product_param", "")))
+    text = ('input: "input_1" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n'
+            'input: "input_2" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n' + layers
+            + 'layer { name: "concat" type: "Concat" bottom: "sum_1" bottom: "sum_2" top: "sum" }\n')
+    ones = {"Convolution": [np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32)],
+            "InnerProduct": [np.ones((1, 4), np.float32), np.zeros(1, np.float32)]}
+    write_caffemodel(tmp_path / "w.caffemodel", [WeightsLayer(n, k, ones[k]) for n, k in
+                                                 (("conv", "Convolution"), ("conv", "Convolution"),
+                                                  ("sum", "InnerProduct"), ("sum", "InnerProduct"))])
+    net, report = convert(spec_from_text(text), tmp_path / "w.caffemodel")
+    assert report.ok and report.loaded == ["conv", "sum"] and not report.missing
+    assert report.filled == ["conv (Convolution, line 5): blob 0 = 1, blob 1 = 0",
+                             "sum (InnerProduct, line 9): blob 0 = 1, blob 1 = 0"]
+    x1 = np.array([0, 2, 4, 6], np.float32).reshape(1, 1, 2, 2)
+    x2 = np.array([1, 3, 5, 7], np.float32).reshape(1, 1, 2, 2)
+    np.testing.assert_array_equal(run_net(net, input_1=x1, input_2=x2)["sum"], [[12, 16]])
+    check_onnx(net, {"input_1": x1, "input_2": x2}, {"sum": np.array([[12, 16]], np.float32)})
+    # The first 'sum' gets the caffemodel's blobs, not its fillers; the second keeps its filler values.
+    twos = [np.full((1, 4), 2, np.float32), np.zeros(1, np.float32)]
+    write_caffemodel(tmp_path / "twos.caffemodel", [WeightsLayer("conv", "Convolution", ones["Convolution"]),
+                                                    WeightsLayer("sum", "InnerProduct", twos)])
+    net, report = convert(spec_from_text(text), tmp_path / "twos.caffemodel")
+    np.testing.assert_array_equal(run_net(net, input_1=x1, input_2=x2)["sum"], [[24, 16]])
+    # A layer without fillers (a deploy file's usual form: Caffe would fill zeros) or with a random one stays
+    # missing: the caffemodel most likely lacks it by mistake.
+    for filler in ("", "weight_filler { type: 'gaussian' std: 0.1 }"):
+        plain = text.replace("weight_filler { type: 'constant' value: 1 } bias_filler { type: 'constant' value: 0 }",
+                             filler)
+        with pytest.raises(WeightsMismatchError) as info:
+            convert(spec_from_text(plain), tmp_path / "w.caffemodel")
+        assert [m.split(" (")[0] for m in info.value.missing] == ["conv", "sum"]
+
+
 def test_repeated_names_with_unique_weights_convert(tmp_path):
     # A repeated name on a layer without parameters (a ReLU named like its convolution) is common and harmless.
     text = net_text("""layer { name: "conv" type: "Convolution" bottom: "x" top: "a" convolution_param { num_output: 2
@@ -1075,3 +1119,40 @@ def test_0d_convolution_and_3d_deconvolution(tmp_path):
     assert blobs["v"].shape == w.shape
     np.testing.assert_allclose(float((blobs["d"] * y).sum()), float((w * blobs["v"]).sum()), rtol=1e-4)
     check_onnx(net, {"x": x, "y": y, "w": w}, {k: blobs[k] for k in ("c", "v", "d")})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A net input rewritten in place
+# ---------------------------------------------------------------------------------------------------------
+
+INPLACE_INPUT = """layer { name: "input" type: "Input" top: "input"
+  input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "prelu_1" type: "PReLU" bottom: "input" top: "input" prelu_param { channel_shared: false } }
+layer { name: "output" type: "PReLU" bottom: "input" top: "output" prelu_param { channel_shared: true } }
+"""
+
+
+def test_net_input_rewritten_in_place(tmp_path):
+    # OpenCV's layer_prelu test net (opencv_extra testdata/dnn/layers/layer_prelu.prototxt): the first PReLU
+    # writes the net input in place, so after Forward Caffe's blob 'input' holds its result. torch keeps Caffe's
+    # final value; the ONNX graph input keeps the given array, so onnxruntime checks that value through the
+    # blobs computed from it and leaves 'input' unchecked (it compared the given array with it before).
+    slopes, shared = random((3,), seed=2), np.array([0.3], np.float32)
+    write_caffemodel(tmp_path / "w.caffemodel", [WeightsLayer("input", "Input", []),
+                                                 WeightsLayer("prelu_1", "PReLU", [slopes]),
+                                                 WeightsLayer("output", "PReLU", [shared])])
+    net, report = convert(spec_from_text(INPLACE_INPUT), tmp_path / "w.caffemodel")
+    assert report.ok
+    x = random((2, 3, 4, 5), seed=1)
+    first = np.where(x > 0, x, x * slopes[None, :, None, None])
+    expected = {"input": first, "output": np.where(first > 0, first, first * shared[0])}
+    blobs = run_net(net, input=x)
+    for name, value in expected.items():
+        np.testing.assert_allclose(blobs[name], value, rtol=1e-6)
+    report = verify_onnx(net, {"input": x}, expected)
+    assert report.ok and [b.name for b in report.blobs] == ["output"]
+    assert [u.name for u in report.unchecked] == ["input"] and "rewrites in place" in report.unchecked[0].reason
+    # A net whose output is such an input cannot be ONNX (an output cannot take its graph input's name).
+    only = net_from_text(INPLACE_INPUT.rsplit("layer {", 1)[0])
+    with pytest.raises(UnsupportedError, match="blob 'input' is a net input that PReLU 'prelu_1' rewrites in place"):
+        export_onnx(only, tmp_path / "only.onnx")
