@@ -74,6 +74,7 @@ class DroppedLayer:
     reason: str
     line: int | None = None
     tops: list[str] = field(default_factory=list)
+    hint: str = ""  # for a layer the phase rules left out: the options that would include it
 
 
 @dataclass

@@ -8,7 +8,7 @@ budget, the input arrays against the net's inputs, and the blobs budget of a ver
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,14 @@ def read_net(
     input_shapes: Mapping[str, Shape] | None = None,
     dialect: str | None = None,
     deploy: bool = True,
+    stages: Iterable[str] = (),
 ) -> NetSpec:
     """Parse and upgrade a prototxt of any dialect into a NetSpec: for inference (`deploy`, the default:
-    training-only layers dropped and listed) or with its losses, to fine-tune in PyTorch."""
+    training-only layers dropped and listed) or with its losses, to fine-tune in PyTorch. `phase` and `stages`
+    are Caffe's NetState for the include/exclude rules (the file's own `state` stages are added)."""
     parsed = parse_prototxt(prototxt, defines=dict(defines or {}), dialect=dialect)
-    spec = upgrade_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}), deploy=deploy)
+    spec = upgrade_net(parsed, phase=phase, stages=set(stages), input_shapes=dict(input_shapes or {}),
+                       deploy=deploy)
     check_input_shapes(spec)  # an absurd input_dim or --input-shape is refused here, before anything else
     return spec
 
@@ -98,11 +101,13 @@ def convert(
     phase: str = "test",
     input_shapes: Mapping[str, Shape] | None = None,
     strict: bool = True,
+    stages: Iterable[str] = (),
 ) -> tuple[CaffeNet, LoadReport]:
     """A CaffeNet with the caffemodel's weights, in eval mode. The caffemodel is matched against the net's
     inferred blob shapes, and the weights budget checked, before the net is built; with `strict`, any
     missing, unused or mismatched layer is an error (WeightsMismatchError)."""
-    spec = prototxt if isinstance(prototxt, NetSpec) else read_net(prototxt, defines, phase, input_shapes)
+    spec = (prototxt if isinstance(prototxt, NetSpec)
+            else read_net(prototxt, defines, phase, input_shapes, stages=stages))
     shapes = infer_shapes(spec)
     model = caffemodel if isinstance(caffemodel, CaffeModel) else read_caffemodel(caffemodel)
     report, plan = match_weights(spec, shapes, model, nonfinite=False)

@@ -274,6 +274,36 @@ def upgrade_fork_param_defaults(net: RawNet) -> None:
                 param.setdefault(key, value)
 
 
+def upgrade_pooling_ceil_mode(net: RawNet) -> None:
+    """`pooling_param { ceil_mode: false }` → `round_mode: FLOOR`. BVLC Caffe pull request #3057 added a bool
+    `ceil_mode` (default true, field 13) to PoolingParameter; it was never merged (master has `round_mode` at
+    that number instead), but forks carry it (DenseNet-Caffe's and TSN's Caffe, OpenCV's caffe.proto), and
+    their prototxts use it. Both spell the same rule: ceil_mode true is CEIL, false is FLOOR. No schema of ours
+    has the field, so the parser keeps it as an unknown field; this step consumes it and says so."""
+    for layer in net.layers:
+        param = layer.get("pooling_param")
+        if not isinstance(param, dict) or "ceil_mode" not in param:
+            continue
+        value = param.pop("ceil_mode")
+        values = value if isinstance(value, list) else [value]
+        text = str(values[-1]).strip().lower()  # a repeated optional field: the last one wins, as in protobuf
+        if text not in ("true", "false", "1", "0"):
+            raise NetDefinitionError(f"pooling_param.ceil_mode must be true or false, not '{values[-1]}'",
+                                     net.where(layer))
+        round_mode = "CEIL" if text in ("true", "1") else "FLOOR"
+        if "round_mode" in param and param["round_mode"] != round_mode:
+            raise NetDefinitionError(f"pooling_param gives both ceil_mode: {text} and round_mode: "
+                                     f"{param['round_mode']}, which disagree", net.where(layer))
+        param["round_mode"] = round_mode
+        unknown = [u for u in layer.get("_unknown", []) if not u.get("field", "").endswith("pooling_param.ceil_mode")]
+        if unknown:
+            layer["_unknown"] = unknown
+        else:
+            layer.pop("_unknown", None)
+        net.notes.append(f"layer '{layer.get('name')}' (line {layer.get('line')}): pooling_param.ceil_mode: {text} "
+                         f"(a field of Caffe forks, from BVLC pull request #3057) read as round_mode: {round_mode}")
+
+
 def upgrade_padding_params(net: RawNet) -> None:
     """DeepLab v1 PADDING: defaults made explicit so the converter reads plain numbers."""
     for layer in net.layers:
@@ -292,6 +322,7 @@ UPGRADES: list[Callable[[RawNet], None]] = [
     upgrade_legacy_axes,
     upgrade_data_transform,
     upgrade_padding_params,
+    upgrade_pooling_ceil_mode,
     upgrade_fork_param_defaults,
     upgrade_automatic_loss_tops,
 ]
@@ -321,6 +352,22 @@ def layer_included(layer: dict[str, Any], phase: str, level: int = 0, stages: se
     if include:
         return any(_rule_met(r, phase, level, stages) for r in include)
     return not any(_rule_met(r, phase, level, stages) for r in exclude)
+
+
+def state_that_includes(layer: dict[str, Any], phase: str, level: int, stages: set[str]) -> str:
+    """The command-line options under which Caffe would run a layer the current state leaves out, for the
+    error that follows when a blob it makes is missing: its first include rule as `--phase P --stage S ...`
+    (Caffe's NetState: the phase, plus stages the solver or the caller adds), or, for a layer an exclude rule
+    removes, the other phase."""
+    for rule in layer.get("include", []):
+        options = [f"--phase {rule['phase'].lower()}"] if "phase" in rule else [f"--phase {phase}"]
+        options += [f"--stage {s}" for s in rule.get("stage", [])]
+        if rule.get("not_stage") and any(s in stages for s in rule["not_stage"]):
+            options.append("without --stage " + ", ".join(s for s in rule["not_stage"] if s in stages))
+        if ("min_level" in rule and level < rule["min_level"]) or ("max_level" in rule and level > rule["max_level"]):
+            continue  # a level rule: no option sets the level, the file's `state { level }` does
+        return " ".join(options)
+    return f"--phase {'train' if phase == 'test' else 'test'}"
 
 
 def declared_phases(net: RawNet) -> list[str]:
@@ -491,8 +538,10 @@ def upgrade_net(
     spec.inputs = _net_level_inputs(net)
     for layer in net.layers:
         if not layer_included(layer, phase, level, stages):
-            spec.dropped.append(DroppedLayer(layer["name"], layer.get("type", ""), f"not in {phase.upper()} phase",
-                                             layer.get("line"), list(layer.get("top", []))))
+            state = f"{phase.upper()} phase" + (f" with stage(s) {', '.join(sorted(stages))}" if stages else "")
+            spec.dropped.append(DroppedLayer(layer["name"], layer.get("type", ""), f"not in {state}",
+                                             layer.get("line"), list(layer.get("top", [])),
+                                             hint=state_that_includes(layer, phase, level, stages)))
             continue
         kind = layer.get("type", "")
         if is_python_data_layer(layer):
@@ -687,13 +736,16 @@ def prune_for_training(spec: NetSpec) -> None:
 def phase_hint(spec: NetSpec, blob: str) -> str:
     """When a missing blob is made by a layer the phase rules left out (a train.prototxt read for TEST, whose
     data layer is TRAIN-only), say so and name the phase that has it."""
-    for dropped in spec.dropped:
-        if blob in dropped.tops and dropped.reason.startswith("not in "):
-            other = "train" if spec.phase == "test" else "test"
-            return (f"; it is made by layer '{dropped.name}' ({dropped.type}, line {dropped.line}), which the "
-                    f"phase rules leave out of the {spec.phase.upper()} phase: to read this net as Caffe's "
-                    f"{other.upper()} net, give --phase {other}")
-    return ""
+    makers = [d for d in spec.dropped if blob in d.tops and d.reason.startswith("not in ")]
+    if not makers:
+        return ""
+    # the layer of the phase asked for first (a stage away), then the rest, each choice once
+    makers.sort(key=lambda d: not d.hint.startswith(f"--phase {spec.phase}"))
+    first = makers[0]
+    others = list(dict.fromkeys(d.hint for d in makers[1:] if d.hint != first.hint))
+    return (f"; it is made by layer '{first.name}' ({first.type}, line {first.line}), which the phase rules "
+            f"leave out ({first.reason}): to read the net Caffe runs with that layer, give {first.hint}"
+            + (f" (or {'; '.join(others)} for the other layers making it)" if others else ""))
 
 
 def check_graph(spec: NetSpec) -> None:

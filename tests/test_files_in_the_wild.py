@@ -170,6 +170,46 @@ def test_train_net_opened_for_test_says_its_data_layer_is_train_only():
     assert infer_shapes(spec_from_text(text, phase="train")).blobs["conv"] == (1, 2, 17, 17)
 
 
+STAGED_NET = """layer { name: "train_data" type: "Input" top: "data" include { phase: TRAIN }
+        input_param { shape { dim: 1 dim: 1 dim: 28 dim: 28 } } }
+layer { name: "on_train" type: "Input" top: "data" include { phase: TEST stage: "test-on-train" }
+        input_param { shape { dim: 2 dim: 1 dim: 28 dim: 28 } } }
+layer { name: "on_test" type: "Input" top: "data" include { phase: TEST stage: "test-on-test" }
+        input_param { shape { dim: 3 dim: 1 dim: 28 dim: 28 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 4 } }
+"""
+
+
+def test_stage_rules_select_layers_and_the_error_names_the_stage_to_give(tmp_path):
+    # Caffe's NetState has stages besides the phase (a solver's test_state { stage: ... }), e.g. BVLC's
+    # mnist_autoencoder: with no stage, TEST has no data layer at all, and the message says what to give.
+    with pytest.raises(NetDefinitionError) as info:
+        infer_shapes(spec_from_text(STAGED_NET))
+    message = str(info.value)
+    assert "layer 'on_train' (Input, line 3)" in message and "--phase test --stage test-on-train" in message
+    for stages, batch in ((["test-on-train"], 2), (["test-on-test"], 3)):
+        spec = read_net_from_text(tmp_path, STAGED_NET, stages=stages)
+        assert [i.shape for i in spec.inputs] == [(batch, 1, 28, 28)]
+    assert read_net_from_text(tmp_path, STAGED_NET, phase="train").inputs[0].shape == (1, 1, 28, 28)
+    from click.testing import CliRunner
+
+    from caffe2torch.cli.info import main as info_main
+
+    (tmp_path / "staged.prototxt").write_text(STAGED_NET)
+    result = CliRunner().invoke(info_main, [str(tmp_path / "staged.prototxt"), "--stage", "test-on-test"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(info_main, [str(tmp_path / "staged.prototxt")])
+    assert result.exit_code == 2 and "--stage test-on-train" in result.output
+
+
+def read_net_from_text(tmp_path, text: str, **kwargs):
+    from caffe2torch.pipeline import read_net
+
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    return read_net(path, **kwargs)
+
+
 def test_matread_top_is_a_net_input():
     text = """layer { name: "fc8" type: "MatRead" top: "fc8" mat_read_param { prefix: "feat/" batch_size: 1 } }
     layer { name: "data" type: "ImageSegData" top: "data" top: "label" top: "data_dim"

@@ -218,6 +218,34 @@ def test_pooling_against_opencv(tmp_path):
     compare_with_opencv(tmp_path, net_text(body), {"x": x}, [])
 
 
+def test_forks_ceil_mode_is_round_mode_and_matches_opencv(tmp_path):
+    # BVLC pull request #3057's `ceil_mode` (DenseNet-Caffe, TSN's Caffe; OpenCV's caffe.proto has it too):
+    # false pools with floor, true (its default) with ceil. 8 wide, kernel 3, stride 2: floor 3, ceil 4 windows.
+    body = "\n".join(
+        f'layer {{ name: "{name}" type: "Pooling" bottom: "x" top: "{name}" pooling_param {{ pool: {method} '
+        f'kernel_size: 3 stride: 2 ceil_mode: {mode} }} }}'
+        for name, method, mode in (("max_floor", "MAX", "false"), ("ave_floor", "AVE", "false"),
+                                   ("max_ceil", "MAX", "true")))
+    x = random((1, 2, 8, 8), seed=5)
+    spec = spec_from_text(net_text(body, shape=(1, 2, 8, 8)))
+    assert [layer.params["pooling_param"]["round_mode"] for layer in spec.layers] == ["FLOOR", "FLOOR", "CEIL"]
+    assert not any(layer.unknown_fields for layer in spec.layers)
+    assert any("ceil_mode: false" in note and "round_mode: FLOOR" in note for note in spec.notes)
+    out = run_net(net_from_text(net_text(body, shape=(1, 2, 8, 8))), x=x)
+    assert out["max_floor"].shape[-2:] == (3, 3) and out["max_ceil"].shape[-2:] == (4, 4)
+    np.testing.assert_allclose(out["ave_floor"], caffe_pooling(x, "AVE", (3, 3), (2, 2), (0, 0), "FLOOR")[0],
+                               rtol=1e-6)
+    compare_with_opencv(tmp_path, net_text(body, shape=(1, 2, 8, 8)), {"x": x}, [])
+
+
+def test_forks_ceil_mode_refusals():
+    layer = 'layer {{ name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param {{ {} }} }}'
+    with pytest.raises(NetDefinitionError, match="ceil_mode must be true or false, not 'maybe'"):
+        spec_from_text(net_text(layer.format("pool: MAX kernel_size: 3 ceil_mode: maybe")))
+    with pytest.raises(NetDefinitionError, match="both ceil_mode: false and round_mode: CEIL, which disagree"):
+        spec_from_text(net_text(layer.format("pool: MAX kernel_size: 3 ceil_mode: false round_mode: CEIL")))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # LRN WITHIN_CHANNEL, MVN
 # ---------------------------------------------------------------------------------------------------------

@@ -68,9 +68,12 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 
 
 def net_options(func: Callable) -> Callable:
-    """--define, --phase and --input-shape, as every command that reads a prototxt takes them."""
+    """--define, --phase, --stage and --input-shape, as every command that reads a prototxt takes them."""
     func = click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=N,C,H,W",
                         help="Shape of a net input, overriding the prototxt (repeatable).")(func)
+    func = click.option("--stage", "stages", multiple=True, metavar="NAME",
+                        help="A stage of Caffe's NetState for the include/exclude rules, as a solver's "
+                             "test_state gives it (repeatable).")(func)
     func = click.option("--phase", type=click.Choice(["test", "train"]), default="test", show_default=True,
                         help="Caffe phase whose include/exclude rules apply.")(func)
     func = click.option("--define", "defines", multiple=True, metavar="NAME=VALUE",

@@ -62,7 +62,7 @@ INT8_NAME = "model.int8.onnx"
               "line, or a comma list; as many as the net's output channels (default: a known model's, VOC's "
               "for 21 channels, else class_0..class_N-1).")
 @reports_errors
-def main(files, model_id, outdir, defines, phase, input_shapes, inputs, reference, tol, write_onnx,
+def main(files, model_id, outdir, defines, phase, stages, input_shapes, inputs, reference, tol, write_onnx,
          onnx_outputs, int8_images, crf_preset, classes):
     """Convert PROTOTXT + CAFFEMODEL (or a known model's bundled definition + CAFFEMODEL with --model ID) into
     OUTDIR/model.safetensors, a file that caffe2torch.load() turns back
@@ -97,7 +97,7 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     # Everything is validated before anything is written into OUTDIR.
     out = check_output_dir(outdir)
     given_classes = read_class_names(classes) if classes is not None else None
-    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
+    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes), stages=stages)
     arrays = load_npz(inputs, "inputs") if inputs else None
     expected = load_npz(reference, "reference") if reference else None
     if arrays:

@@ -70,7 +70,7 @@ def describe_caffemodel(model, as_json: bool) -> None:
 @net_options
 @click.option("--json", "as_json", is_flag=True, help="Write the report as JSON on stdout.")
 @reports_errors
-def main(prototxt, caffemodel, defines, phase, input_shapes, as_json):
+def main(prototxt, caffemodel, defines, phase, stages, input_shapes, as_json):
     """Show a Caffe net's dialect, layers, shapes, parameters and receptive fields; with CAFFEMODEL, check
     that its weights match the net and say which known DeepLab model they are. A caffemodel alone (as the
     only argument) is listed layer by layer and recognised.
@@ -85,7 +85,7 @@ def main(prototxt, caffemodel, defines, phase, input_shapes, as_json):
     if caffemodel is None and looks_binary(prototxt):
         describe_caffemodel(read_caffemodel(prototxt), as_json)
         return
-    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
+    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes), stages=stages)
     model = read_caffemodel(caffemodel) if caffemodel else None
     report = describe(spec, model)
     known = identify(model) if model is not None else None

@@ -41,7 +41,8 @@ from caffe2torch.verify import DEFAULT_TOLERANCE, format_report, load_npz
               help="Allowed max |ours - reference| relative to each reference blob's max magnitude.")
 @net_options
 @reports_errors
-def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, tol, defines, phase, input_shapes):
+def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, tol, defines, phase, stages,
+         input_shapes):
     """Run the converted net on INPUTS and compare every blob present in REFERENCE. Prints one row per blob
     and names the first blob that diverges, in execution order. Exit status 0 only if all blobs compared pass.
     In onnxruntime, reference blobs it cannot compute (a DenseCRF layer's: it has no ONNX lowering) or that
@@ -61,7 +62,7 @@ def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, 
         require_file(onnx_path, "an ONNX model")
     if json_out:
         check_output_dir(Path(json_out).parent)
-    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
+    spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes), stages=stages)
     check_input_arrays(spec, arrays, inputs)
     set_input_shapes(spec, input_shapes_of(arrays))
     net, loaded = convert(spec, read_caffemodel(caffemodel))
