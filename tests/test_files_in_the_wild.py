@@ -215,3 +215,19 @@ def test_densecrf_layer_checks_deeplab_makes(change, message):
         text = text.replace("channels: 3", "channels: 4")
     with pytest.raises(Exception, match=message):
         infer_shapes(spec_from_text(text))
+
+
+def test_an_extra_data_layer_top_another_fork_adds_is_unsized_and_can_be_sized():
+    # a fork whose ImageSegData also makes a per-pixel loss-weight map (4 tops; DeepLab's makes 3)
+    text = """layer { name: "data" type: "ImageSegData" top: "data" top: "label" top: "data_dim" top: "weights"
+                      transform_param { crop_size: 17 } image_data_param { source: "l" label_type: PIXEL } }
+    layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "w_shrink" type: "Interp" bottom: "weights" top: "w_shrink" interp_param { shrink_factor: 8 } }
+    """
+    with pytest.raises(NetDefinitionError) as info:
+        infer_shapes(spec_from_text(text))
+    message = str(info.value)
+    assert "test.prototxt:4: layer 'w_shrink' (Interp)" in message and "1-D" not in message
+    assert "top 'weights' of layer 'data' (ImageSegData)" in message and "--input-shape weights=" in message
+    spec = spec_from_text(text, input_shapes={"weights": (1, 1, 17, 17)})
+    assert infer_shapes(spec).blobs["w_shrink"] == (1, 1, 3, 3)
