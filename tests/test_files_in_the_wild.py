@@ -231,3 +231,18 @@ def test_an_extra_data_layer_top_another_fork_adds_is_unsized_and_can_be_sized()
     assert "top 'weights' of layer 'data' (ImageSegData)" in message and "--input-shape weights=" in message
     spec = spec_from_text(text, input_shapes={"weights": (1, 1, 17, 17)})
     assert infer_shapes(spec).blobs["w_shrink"] == (1, 1, 3, 3)
+
+
+def test_hdf5_data_tops_take_the_batch_size_and_no_invented_channels():
+    text = """layer { name: "load" type: "HDF5Data" top: "data" top: "label" include { phase: TEST }
+                      hdf5_data_param { source: "files.txt" batch_size: 2 } }
+    layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
+    """
+    spec = spec_from_text(text)
+    assert [(i.name, i.shape, i.role) for i in spec.inputs] == [("data", (2, None, None, None), "tensor")]
+    # a fork that crops its HDF5 images (DeepLab's and upstream's HDF5Data refuse transform_param): a hint, said
+    cropped = spec_from_text(text.replace("hdf5_data_param", "transform_param { crop_size: 9 } hdf5_data_param"))
+    assert cropped.inputs[0].shape == (2, None, 9, 9)
+    assert any("HDF5Data" in note and "does not transform data" in note for note in cropped.notes)
+    sized = spec_from_text(text, input_shapes={"data": (2, 3, 9, 9)})
+    assert infer_shapes(sized).blobs["c"] == (2, 2, 9, 9)
