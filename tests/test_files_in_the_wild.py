@@ -246,3 +246,15 @@ def test_hdf5_data_tops_take_the_batch_size_and_no_invented_channels():
     assert any("HDF5Data" in note and "does not transform data" in note for note in cropped.notes)
     sized = spec_from_text(text, input_shapes={"data": (2, 3, 9, 9)})
     assert infer_shapes(sized).blobs["c"] == (2, 2, 9, 9)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the file is empty"),
+    ("# DeepLab-LargeFOV test net\n\n", "has no layers and no inputs"),
+    ('name: "${NET_ID}"\n', "has no layers and no inputs"),
+])
+def test_a_file_that_defines_no_net_is_refused_not_read_as_an_empty_v1_net(text, message):
+    from caffe2torch.errors import PrototxtError
+
+    with pytest.raises(PrototxtError, match=message):
+        parse_prototxt_text(text, source="test (1).prototxt")
