@@ -681,7 +681,17 @@ def prune_for_inference(spec: NetSpec) -> None:
         return None
 
     labels = {i.name for i in spec.inputs if i.role == "label"}
+    before = len(spec.dropped)
     _prune(spec, labels, reason, "which exists only for training")
+    cut = [d for d in spec.dropped[before:] if d.reason.endswith("which exists only for training")]
+    if cut and not spec.layers:
+        first = cut[0]
+        raise NetDefinitionError(
+            f"nothing is left to run for inference: layer '{first.name}' ({first.type}) "
+            f"{first.reason.removesuffix(', which exists only for training')}, a label or a blob made from one, and "
+            f"the {len(cut) - 1} layer(s) after it read what it makes: in the {spec.phase.upper()} phase this net "
+            "computes nothing from the image alone (a training net? give its deploy or test net)",
+            Location(spec.source, first.line, layer=first.name, layer_type=first.type))
 
 
 def no_tops_reason(layer: LayerSpec) -> str:

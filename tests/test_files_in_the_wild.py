@@ -258,3 +258,20 @@ def test_a_file_that_defines_no_net_is_refused_not_read_as_an_empty_v1_net(text,
 
     with pytest.raises(PrototxtError, match=message):
         parse_prototxt_text(text, source="test (1).prototxt")
+
+
+def test_a_net_whose_every_layer_hangs_off_a_label_is_refused_not_emptied():
+    # weakly supervised training nets: ImageData's second top (ids) feeds a Python layer that makes the images
+    text = """layer { name: "input" type: "ImageData" top: "images_origin" top: "image_ids"
+                      image_data_param { source: "l.txt" batch_size: 2 new_height: 9 new_width: 9 } }
+    layer { name: "annotation" type: "Python" bottom: "image_ids" bottom: "images_origin" top: "labels" top: "images"
+            python_param { module: "pylayers" layer: "AnnotationLayer" } }
+    layer { name: "conv" type: "Convolution" bottom: "images" top: "conv"
+            convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+    """
+    with pytest.raises(NetDefinitionError) as info:
+        spec_from_text(text)
+    message = str(info.value)
+    assert "test.prototxt:3: layer 'annotation' (Python)" in message and "nothing is left to run" in message
+    assert "reads 'image_ids'" in message and "2 layer(s) after it" in message
