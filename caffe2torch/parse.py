@@ -409,8 +409,18 @@ def parse_prototxt_text(
         first = unknown_net[0]
         raise PrototxtError(f"unknown net-level field(s) in every known Caffe schema: {listed}{hint}",
                             Location(file=source, line=first["line"], column=first["column"]))
+    if not _defines_anything(net):
+        what = "is empty" if not text.strip() else "has no layers and no inputs"
+        raise PrototxtError(f"not a net definition: the file {what} (a truncated or failed download?)",
+                            Location(file=source))
     notes += _describe_borrowed(reader.borrowed)
     return ParsedPrototxt(chosen.name, net, lines, source, notes, reader.borrowed)
+
+
+def _defines_anything(net: dict[str, Any]) -> bool:
+    """A net has layers or net-level inputs; one with neither (an empty file, only comments, only a name) gives
+    nothing to convert, and no dialect can be told from it."""
+    return bool(net.get("layer") or net.get("layers") or net.get("input") or net.get("input_shape"))
 
 
 def parse_prototxt(

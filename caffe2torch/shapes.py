@@ -71,6 +71,23 @@ def check_input_shapes(spec: NetSpec) -> None:
                                      where)
 
 
+def unsized_input_message(spec: NetSpec, names: list[str], shapes: list[Shape]) -> str | None:
+    """A layer failed on a bottom whose very rank is unknown: a net input the prototxt gives no shape (a data
+    layer's extra top, from a fork that adds one, or a layer whose tops depend on files on disk). Say so, and
+    how to size it, rather than the layer's complaint about a 1-D '?' blob."""
+    inputs = {inp.name: inp for inp in spec.inputs}
+    for name, shape in zip(names, shapes):
+        inp = inputs.get(name)
+        if inp is None or len(shape) != 1 or shape[0] is not None:
+            continue
+        made = "a net-level input"
+        if inp.source_layer:
+            made = f"top '{name}' of layer '{inp.source_layer}' ({inp.source_type})"
+        return (f"the shape of bottom '{name}' is unknown: it is {made}, which the prototxt does not size; "
+                f"give it with --input-shape {name}=N,C,H,W")
+    return None
+
+
 def support_problems(spec: NetSpec) -> list[tuple[Location, str]]:
     """Every unknown layer type, field no schema has, and parameter value we cannot reproduce exactly."""
     ctx = context_of(spec)
@@ -184,6 +201,9 @@ def infer_shapes(spec: NetSpec, check: bool = True, memo: ShapeMemo | None = Non
             tops = converter.output_shapes(layer, bottoms, ctx) if layer.tops else []
             blob_shapes = converter.blob_shapes(layer, bottoms)
         except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError, OverflowError) as exc:
+            unsized = unsized_input_message(spec, layer.bottoms, bottoms)
+            if unsized:
+                raise NetDefinitionError(unsized, where) from None
             shown = ", ".join(f"'{b}' {shape_text(s)}" for b, s in zip(layer.bottoms, bottoms))
             raise NetDefinitionError(f"{exc} (bottoms: {shown})", where) from None
         if len(tops) != len(layer.tops):

@@ -443,6 +443,8 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
         return shapes + [(None,)] * (len(tops) - len(shapes))
     if kind == "MatRead":
         return [(layer.get("mat_read_param", {}).get("batch_size", 1), None, None, None)]
+    if kind == "HDF5Data":
+        return hdf5_data_shapes(layer)
     if kind == "DenseImageData":
         return dense_image_data_shapes(layer)
     if kind == "MemoryData":
@@ -465,6 +467,21 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
         # tops: data, label, data_dim (valid height and width of each image)
         return [data, (batch, 1, height, width), (batch, 1, 1, 2)][: len(tops)]
     return [data, (batch,), (batch, 1, 1, 2)][: len(tops)] + [(None,)] * max(0, len(tops) - 3)
+
+
+def hdf5_data_shapes(layer: dict[str, Any]) -> list[Shape]:
+    """HDF5Data's tops: one per dataset of the HDF5 files, (hdf5_data_param.batch_size, then the dataset's own
+    dimensions), which only the files know (hdf5_data_layer.cpp). Its LayerSetUp refuses transform_param ("does
+    not transform data"), so a crop_size says nothing about them; a fork that does transform (one that crops
+    its HDF5 images) gives its crop as the spatial size, as a hint --input-shape can override."""
+    batch = layer.get("hdf5_data_param", {}).get("batch_size")
+    transform = layer.get("transform_param", {})
+    crop = transform.get("crop_size") or None
+    height, width = (transform.get("crop_height") or crop), (transform.get("crop_width") or crop)
+    tops = layer.get("top", [])
+    if height or width:
+        return [(batch, None, height, width)] * len(tops)
+    return [(batch, None, None, None)] * len(tops)
 
 
 def dense_image_data_shapes(layer: dict[str, Any]) -> list[Shape]:
@@ -555,6 +572,10 @@ def upgrade_net(
             spec.inputs += data_layer_inputs(layer)
             spec.dropped.append(DroppedLayer(layer["name"], kind, "data layer: its tops are net inputs",
                                              layer.get("line"), list(layer.get("top", []))))
+            if kind == "HDF5Data" and layer.get("transform_param"):
+                spec.notes.append(f"HDF5Data layer '{layer['name']}' (line {layer.get('line')}) has transform_param, "
+                                  "which DeepLab's and upstream Caffe's HDF5Data refuse ('does not transform data'): "
+                                  "its tops are sized by the HDF5 files; a crop size there is taken as a hint only")
             if layer.get("_unknown"):
                 spec.notes.append(f"data layer '{layer['name']}' (line {layer.get('line')}): ignored field(s) no "
                                   f"known Caffe schema has: {describe_unknown(layer['_unknown'])}; they configure "
@@ -709,7 +730,17 @@ def prune_for_inference(spec: NetSpec) -> None:
         return None
 
     labels = {i.name for i in spec.inputs if i.role == "label"}
+    before = len(spec.dropped)
     _prune(spec, labels, reason, "which exists only for training")
+    cut = [d for d in spec.dropped[before:] if d.reason.endswith("which exists only for training")]
+    if cut and not spec.layers:
+        first = cut[0]
+        raise NetDefinitionError(
+            f"nothing is left to run for inference: layer '{first.name}' ({first.type}) "
+            f"{first.reason.removesuffix(', which exists only for training')}, a label or a blob made from one, and "
+            f"the {len(cut) - 1} layer(s) after it read what it makes: in the {spec.phase.upper()} phase this net "
+            "computes nothing from the image alone (a training net? give its deploy or test net)",
+            Location(spec.source, first.line, layer=first.name, layer_type=first.type))
 
 
 def no_tops_reason(layer: LayerSpec) -> str:

@@ -255,3 +255,63 @@ def test_densecrf_layer_checks_deeplab_makes(change, message):
         text = text.replace("channels: 3", "channels: 4")
     with pytest.raises(Exception, match=message):
         infer_shapes(spec_from_text(text))
+
+
+def test_an_extra_data_layer_top_another_fork_adds_is_unsized_and_can_be_sized():
+    # a fork whose ImageSegData also makes a per-pixel loss-weight map (4 tops; DeepLab's makes 3)
+    text = """layer { name: "data" type: "ImageSegData" top: "data" top: "label" top: "data_dim" top: "weights"
+                      transform_param { crop_size: 17 } image_data_param { source: "l" label_type: PIXEL } }
+    layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "w_shrink" type: "Interp" bottom: "weights" top: "w_shrink" interp_param { shrink_factor: 8 } }
+    """
+    with pytest.raises(NetDefinitionError) as info:
+        infer_shapes(spec_from_text(text))
+    message = str(info.value)
+    assert "test.prototxt:4: layer 'w_shrink' (Interp)" in message and "1-D" not in message
+    assert "top 'weights' of layer 'data' (ImageSegData)" in message and "--input-shape weights=" in message
+    spec = spec_from_text(text, input_shapes={"weights": (1, 1, 17, 17)})
+    assert infer_shapes(spec).blobs["w_shrink"] == (1, 1, 3, 3)
+
+
+def test_hdf5_data_tops_take_the_batch_size_and_no_invented_channels():
+    text = """layer { name: "load" type: "HDF5Data" top: "data" top: "label" include { phase: TEST }
+                      hdf5_data_param { source: "files.txt" batch_size: 2 } }
+    layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
+    """
+    spec = spec_from_text(text)
+    assert [(i.name, i.shape, i.role) for i in spec.inputs] == [("data", (2, None, None, None), "tensor")]
+    # a fork that crops its HDF5 images (DeepLab's and upstream's HDF5Data refuse transform_param): a hint, said
+    cropped = spec_from_text(text.replace("hdf5_data_param", "transform_param { crop_size: 9 } hdf5_data_param"))
+    assert cropped.inputs[0].shape == (2, None, 9, 9)
+    assert any("HDF5Data" in note and "does not transform data" in note for note in cropped.notes)
+    sized = spec_from_text(text, input_shapes={"data": (2, 3, 9, 9)})
+    assert infer_shapes(sized).blobs["c"] == (2, 2, 9, 9)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the file is empty"),
+    ("# DeepLab-LargeFOV test net\n\n", "has no layers and no inputs"),
+    ('name: "${NET_ID}"\n', "has no layers and no inputs"),
+])
+def test_a_file_that_defines_no_net_is_refused_not_read_as_an_empty_v1_net(text, message):
+    from caffe2torch.errors import PrototxtError
+
+    with pytest.raises(PrototxtError, match=message):
+        parse_prototxt_text(text, source="test (1).prototxt")
+
+
+def test_a_net_whose_every_layer_hangs_off_a_label_is_refused_not_emptied():
+    # weakly supervised training nets: ImageData's second top (ids) feeds a Python layer that makes the images
+    text = """layer { name: "input" type: "ImageData" top: "images_origin" top: "image_ids"
+                      image_data_param { source: "l.txt" batch_size: 2 new_height: 9 new_width: 9 } }
+    layer { name: "annotation" type: "Python" bottom: "image_ids" bottom: "images_origin" top: "labels" top: "images"
+            python_param { module: "pylayers" layer: "AnnotationLayer" } }
+    layer { name: "conv" type: "Convolution" bottom: "images" top: "conv"
+            convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+    """
+    with pytest.raises(NetDefinitionError) as info:
+        spec_from_text(text)
+    message = str(info.value)
+    assert "test.prototxt:3: layer 'annotation' (Python)" in message and "nothing is left to run" in message
+    assert "reads 'image_ids'" in message and "2 layer(s) after it" in message
