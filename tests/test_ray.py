@@ -296,7 +296,7 @@ def stop_with(process: subprocess.Popen, number: int, out: Path, before: int = 0
     """Send `number` to the driver once it finished an image (beyond `before` output files); its status and
     output."""
     try:
-        wait_for(lambda: len(outputs(out)) > before and journal_has_done(out), 120, "a first image")
+        wait_for(lambda: len(outputs(out)) > before and journal_has_done(out), 240, "a first image")
         process.send_signal(number)
         return finish(process, timeout=90)
     finally:
@@ -315,7 +315,7 @@ def test_ctrl_c_stops_the_job_and_the_ray_the_command_started(ray_installed, mod
     process = start_run(model, scenes, out, *SLOW_CRF, "--ray")  # bare --ray: a Ray of its own
     wait_for(lambda: any(b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in descendants(process.pid)
                          if alive(pid)), 60, "the command to start its Ray")
-    wait_for(lambda: journal_has_done(out), 120, "a first image")
+    wait_for(lambda: journal_has_done(out), 240, "a first image")
     helpers = descendants(process.pid)
     status, output = stop_with(process, signal.SIGINT, out)
     wait_for(lambda: not any(alive(pid) for pid in helpers), 30, "the Ray it started to stop")
