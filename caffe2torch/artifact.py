@@ -11,7 +11,6 @@ range the NetSpec implies, before a single weight is read; each is then read onc
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from caffe2torch.errors import ArtifactError, CaffeError, LimitError, Location
 from caffe2torch.net import CaffeNet, assign_tensors
 from caffe2torch.netspec import NetSpec
 from caffe2torch.paths import describe_content, require_file
-from caffe2torch.util import atomic_path
+from caffe2torch.util import atomic_path, loads_json
 
 FORMAT = "caffe2torch-net"
 FORMAT_VERSION = "1"
@@ -102,7 +101,7 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     except OSError as exc:
         raise ArtifactError(f"cannot read: {exc.strerror}", where) from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = loads_json(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise corrupt("its header is not JSON") from None
     if not isinstance(header, dict):

@@ -114,6 +114,18 @@ def in_background(function, *args) -> concurrent.futures.Future:
     return future
 
 
+def loads_json(text: str | bytes):
+    """json.loads for untrusted text (model metadata, artifact headers, run records): a document nested too
+    deeply for Python's recursive decoder (`[[[[...` a hundred thousand times) is a ValueError like any other
+    text that is not JSON, never a RecursionError."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import click
@@ -19,6 +20,7 @@ from caffe2torch.in_net_crf import runner_outputs
 from caffe2torch.input_sizes import known_input_sizes
 from caffe2torch.known_models import identify, known_model
 from caffe2torch.onnx_export import check_exportable, export_onnx
+from caffe2torch.outputs import check_files_spare_inputs
 from caffe2torch.paths import check_output_dir, make_output_dir
 from caffe2torch.pipeline import (
     check_blob_names,
@@ -96,6 +98,10 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     started = time.perf_counter()
     # Everything is validated before anything is written into OUTDIR.
     out = check_output_dir(outdir)
+    written = [out / ARTIFACT_NAME] + [out / ONNX_NAME] * write_onnx + [out / INT8_NAME] * bool(int8_images)
+    check_files_spare_inputs(written + [out / "parity.json"] * bool(inputs), [
+        prototxt, caffemodel, inputs, reference, classes if classes and os.path.isfile(classes) else None,
+        *(list_images([int8_images]) if int8_images else [])], out)
     given_classes = read_class_names(classes) if classes is not None else None
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
     arrays = load_npz(inputs, "inputs") if inputs else None

@@ -35,7 +35,7 @@ from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_sampl
 from caffe2torch.executors import InferenceSettings
 from caffe2torch.outputs import check_outputs_spare_inputs, prepare_output_folder
 from caffe2torch.progress import Progress
-from caffe2torch.util import atomic_write_text, file_sha256
+from caffe2torch.util import atomic_write_text, file_sha256, loads_json
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -158,7 +158,7 @@ def check_resume(out: Path, settings: dict, resume: bool) -> None:
     state = out / "run.json"
     if state.exists() and resume:
         try:
-            previous = json.loads(state.read_text(encoding="utf-8"))
+            previous = loads_json(state.read_text(encoding="utf-8"))
             if not isinstance(previous, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:

@@ -9,6 +9,7 @@ import click
 from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.errors import CaffeError
+from caffe2torch.outputs import check_files_spare_inputs
 from caffe2torch.paths import check_output_dir, require_file
 from caffe2torch.pipeline import (
     check_input_arrays,
@@ -61,6 +62,7 @@ def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, 
         require_file(onnx_path, "an ONNX model")
     if json_out:
         check_output_dir(Path(json_out).parent)
+        check_files_spare_inputs([json_out], [prototxt, caffemodel, inputs, reference, onnx_path], json_out)
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes))
     check_input_arrays(spec, arrays, inputs)
     set_input_shapes(spec, input_shapes_of(arrays))
