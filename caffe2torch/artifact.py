@@ -77,7 +77,9 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     where = Location(str(path))
 
     def corrupt(why: str) -> ArtifactError:
-        return ArtifactError(f"not a valid caffe2torch artifact ({why})", where)
+        hint = ("; a .caffemodel is converted with its prototxt: caffe2torch.convert(prototxt, caffemodel) or "
+                "deeplab-convert" if path.suffix.lower() == ".caffemodel" else "")
+        return ArtifactError(f"not a valid caffe2torch artifact ({why}){hint}", where)
 
     try:
         with open(path, "rb") as handle:

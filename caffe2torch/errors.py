@@ -40,6 +40,11 @@ class CaffeError(Exception):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class ArgumentTypeError(CaffeError, TypeError):
+    """A Python API argument of the wrong type (None, a number, a list where a path or a mapping goes): a
+    TypeError, as Python code expects, and a CaffeError, so that one `except CaffeError` covers every misuse."""
+
+
 class PrototxtError(CaffeError):
     """Malformed text, unknown field, mixed dialects, undefined template placeholder."""
 

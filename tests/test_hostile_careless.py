@@ -181,3 +181,65 @@ def test_double_data_and_legacy_dims_take_precedence_as_in_caffe():
     legacy = b"".join(varint((n << 3) | 0) + varint(v) for n, v in ((1, 1), (2, 1), (3, 3), (4, 2)))
     blob = read_caffemodel_bytes(_one_blob_model(shape + legacy + len_field(5, floats))).layers[0]
     assert blob.blobs[0].shape == (1, 1, 3, 2) and blob.legacy_shape == [True]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models that are not what they claim
+# ---------------------------------------------------------------------------------------------------------
+
+def test_onnx_metadata_that_is_not_utf8_is_a_located_error(model, tmp_path):
+    """onnxruntime decodes metadata strings as UTF-8 when Python asks for them: one flipped byte used to be an
+    internal UnicodeDecodeError. (Concatenated protobuf messages merge: the entry is appended.)"""
+    entry = len_field(1, b"caffe2torch.palette") + len_field(2, b"v\xffc")
+    tampered = tmp_path / "tampered.onnx"
+    tampered.write_bytes(model.read_bytes() + len_field(14, entry))
+    save_photo(tmp_path / "a.png", 3)
+    result = invoke(run, "--onnx", tampered, tmp_path / "a.png", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and f"{tampered}: cannot load the ONNX model: its metadata or input/output " \
+                                      "names are not UTF-8 text" in result.output, result.output
+
+
+def test_an_onnx_model_where_a_caffemodel_or_artifact_goes_is_named(model, tiny, tmp_path):
+    import caffe2torch
+
+    prototxt, caffemodel = tiny
+    result = invoke(convert, prototxt, model, "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "not a caffemodel: it looks like an ONNX model" in result.output
+    with pytest.raises(caffe2torch.errors.ArtifactError, match="not a caffe2torch artifact: it looks like an ONNX"):
+        caffe2torch.load(model)
+    with pytest.raises(caffe2torch.errors.ArtifactError, match="caffe2torch.convert"):
+        caffe2torch.load(caffemodel)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Python API called with wrong types
+# ---------------------------------------------------------------------------------------------------------
+
+def test_python_api_refuses_wrong_types_with_one_clear_error(tiny):
+    import caffe2torch
+    from caffe2torch.errors import ArgumentTypeError, CaffeError
+
+    prototxt, caffemodel = tiny
+    calls = [
+        (lambda: caffe2torch.convert(None, caffemodel), "expected a path to a prototxt (str or os.PathLike), not "
+                                                        "NoneType"),
+        (lambda: caffe2torch.convert(prototxt, 3), "a caffemodel (str or os.PathLike), not int"),
+        (lambda: caffe2torch.convert("", caffemodel), "a prototxt: an empty path"),
+        (lambda: caffe2torch.convert(prototxt, caffemodel, defines=1), "defines must be a mapping"),
+        (lambda: caffe2torch.convert(prototxt, caffemodel, defines={"A": None}), "'A': None is not NAME"),
+        (lambda: caffe2torch.convert(prototxt, caffemodel, phase=None), "phase must be 'test' or 'train'"),
+        (lambda: caffe2torch.convert(prototxt, caffemodel, input_shapes=[1]), "input_shapes must be a mapping"),
+        (lambda: caffe2torch.convert(prototxt, caffemodel, input_shapes={"data": "1,3,9,9"}), "not a sequence"),
+        (lambda: caffe2torch.convert(prototxt, caffemodel, input_shapes={"data": (1, 3, 9.5, 9)}), "not a sequence"),
+        (lambda: caffe2torch.convert(prototxt, caffemodel, input_shapes={"data": (1, True, 9, 9)}), "not a sequence"),
+        (lambda: caffe2torch.load(None), "expected a path to a caffe2torch artifact"),
+        (lambda: caffe2torch.load(""), "an empty path"),
+    ]
+    for call, message in calls:
+        with pytest.raises(ArgumentTypeError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+            call()
+        assert isinstance(caught.value, TypeError) and isinstance(caught.value, CaffeError)
+    # bytes and os.PathLike paths, numbers as define values and numpy integers as dims are fine
+    net, _ = caffe2torch.convert(bytes(prototxt), str(caffemodel), defines={"UNUSED": 21},
+                                 input_shapes={"data": (1, 3, np.int64(9), 9)})
+    assert net.shapes.blobs["data"] == (1, 3, 9, 9)
