@@ -243,3 +243,33 @@ def test_python_api_refuses_wrong_types_with_one_clear_error(tiny):
     net, _ = caffe2torch.convert(bytes(prototxt), str(caffemodel), defines={"UNUSED": 21},
                                  input_shapes={"data": (1, 3, np.int64(9), 9)})
     assert net.shapes.blobs["data"] == (1, 3, 9, 9)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options given twice, empty or in other digits
+# ---------------------------------------------------------------------------------------------------------
+
+def test_options_given_twice_differently_or_empty_are_usage_errors(model, tiny, tmp_path, monkeypatch):
+    prototxt, caffemodel = tiny
+    save_photo(tmp_path / "a.png", 4)
+    cases = [
+        (info, [prototxt, "--input-shape", "data=1,3,9,9", "--input-shape", "data=1,3,11,11"],
+         "data is given twice, as 1,3,9,9 and 1,3,11,11"),
+        (info, [prototxt, "--input-shape", "data=1,3,\u0669,9"], "is not NAME=N,C,H,W"),  # an Arabic-Indic 9
+        (info, [prototxt, "--input-shape", "data=1,3,1_0,9"], "is not NAME=N,C,H,W"),
+        (info, [prototxt, "--define", "A=1", "--define", "A=2"], "A is given twice, as '1' and '2'"),
+        (run, ["--onnx", model, tmp_path / "a.png", "-o", tmp_path / "o", "--crf-params", "bi_w=4,bi_w=5"],
+         "bi_w is given twice, as 4 and 5"),
+        (run, ["--onnx", model, tmp_path / "a.png", "-o", tmp_path / "o", "--crf-preset", ""],
+         "an empty CRF preset name"),
+    ]
+    for command, args, message in cases:
+        result = invoke(command, *args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not (tmp_path / "o").exists()
+    same_twice = invoke(info, prototxt, "--define", "A=1", "--define", "A=1", "--input-shape", "data=1,3,9,9",
+                        "--input-shape", "data=1,3,9,9")
+    assert same_twice.exit_code == 0, same_twice.output
+    monkeypatch.setenv("CAFFE2TORCH_MAX_WEIGHTS", "\u0661\u0662")  # Arabic-Indic 12: not a size
+    result = invoke(convert, prototxt, caffemodel, "-o", tmp_path / "c")
+    assert result.exit_code == 2 and "CAFFE2TORCH_MAX_WEIGHTS: '" in result.output and "is not a size" in result.output

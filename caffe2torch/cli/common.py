@@ -49,6 +49,8 @@ def parse_defines(values: tuple[str, ...]) -> dict[str, str]:
         name, sep, text = value.partition("=")
         if not sep or not name:
             raise click.BadParameter(f"'{value}' is not NAME=VALUE", param_hint="--define")
+        if name in defines and defines[name] != text:
+            raise click.BadParameter(f"{name} is given twice, as '{defines[name]}' and '{text}'", param_hint="--define")
         defines[name] = text
     return defines
 
@@ -58,11 +60,17 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     for value in values:
         name, sep, dims = value.partition("=")
         try:
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+            fields = [d.strip() for d in dims.replace("x", ",").split(",") if d.strip()]
+            if not all(d.isascii() and d.lstrip("-").isdigit() for d in fields):  # not '1_000', not other digits
+                raise ValueError(dims)
+            shape = tuple(int(d) for d in fields)
         except ValueError:
             shape = ()
         if not sep or not name or not shape or min(shape) < 1:
             raise click.BadParameter(f"'{value}' is not NAME=N,C,H,W", param_hint="--input-shape")
+        if name in shapes and shapes[name] != shape:
+            raise click.BadParameter(f"{name} is given twice, as {','.join(map(str, shapes[name]))} and "
+                                     f"{','.join(map(str, shape))}", param_hint="--input-shape")
         shapes[name] = shape
     return shapes
 

@@ -118,7 +118,8 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     check_outputs_spare_inputs([out / "predictions", out / PANELS_DIR],
                                [out / "results.json", out / "report.md", out / "run.json", out / CHART],
                                inputs + [Path(model_file)], out)
-    crf = crf or bool(crf_preset or crf_params or crf_device)  # CRF settings imply --crf, as in deeplab-run
+    # CRF settings imply --crf, as in deeplab-run
+    crf = crf or (crf_preset is not None or bool(crf_params or crf_device))
     crf_in_workers = crf and crf_device is None
     explicit_jobs, ray_threads = jobs is not None, threads
     jobs = default_jobs(jobs, crf_in_workers)

@@ -163,7 +163,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     chosen_backend(backend_name, onnx_path, artifact)  # usage errors before anything is read
     check_ray_options(ray_address, ray_actors, crf_device)
     scale_list = parse_scales(scales)
-    use_crf = crf or bool(crf_preset or crf_params or crf_device)
+    use_crf = crf or (crf_preset is not None or bool(crf_params or crf_device))
     crf_in_workers = use_crf and crf_device is None
     explicit_jobs, ray_threads = jobs is not None, threads
     jobs = default_jobs(jobs, crf_in_workers)
