@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from caffe2torch.errors import CaffeError, Location, OutputError
-from caffe2torch.util import atomic_write_text, loads_json, output_error
+from caffe2torch.util import NAME_MAX, atomic_write_text, fit_name, loads_json, output_error
 
 RUN_OUTPUT_SUFFIXES = (".png", "_overlay.png", "_probs.npy")
 
@@ -134,8 +134,11 @@ def assign_stems(paths: list[Path], suffixes: tuple[str, ...] = RUN_OUTPUT_SUFFI
     the first input (in the given order) keeps its own stem, later ones get _2, _3, ..."""
     taken: set[str] = set()
     stems: dict[Path, str] = {}
+    # A stem leaves room for the longest suffix and a _NNNNNN, within the file system's name limit: an input
+    # named with 250 bytes keeps its first ~230 in its outputs instead of failing with "File name too long".
+    room = NAME_MAX - max(len(os.fsencode(suffix)) for suffix in suffixes) - len("_999999")
     for path in paths:
-        base = path.stem or "image"
+        base = fit_name(path.stem, room) or "image"
         stem, index = base, 1
         while any((stem + suffix).casefold() in taken for suffix in suffixes):
             index += 1

@@ -273,3 +273,30 @@ def test_options_given_twice_differently_or_empty_are_usage_errors(model, tiny, 
     monkeypatch.setenv("CAFFE2TORCH_MAX_WEIGHTS", "\u0661\u0662")  # Arabic-Indic 12: not a size
     result = invoke(convert, prototxt, caffemodel, "-o", tmp_path / "c")
     assert result.exit_code == 2 and "CAFFE2TORCH_MAX_WEIGHTS: '" in result.output and "is not a size" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Long file names
+# ---------------------------------------------------------------------------------------------------------
+
+def test_inputs_with_names_near_the_file_system_limit_get_outputs(model, tmp_path):
+    """A 250-byte image name is valid, but `<name>_overlay.png` and the temporary `.<name>.XXXXXXXX.part` were
+    not ("File name too long": the image was skipped)."""
+    import os
+
+    from caffe2torch.util import atomic_write_text
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    long_ascii, long_utf8 = "a" * 249, "\u00e9" * 125  # 253 and 254 bytes with their extensions
+    save_photo(photos / f"{long_ascii}.png", 5)
+    save_photo(photos / f"{long_utf8}.jpg", 6)
+    out = tmp_path / "out"
+    result = invoke(run, "--onnx", model, photos, "-o", out, "--save-probs")
+    assert result.exit_code == 0 and "segmented 2 of 2" in result.output, result.output
+    names = os.listdir(out)
+    assert len([n for n in names if n.endswith("_overlay.png")]) == 2
+    assert max(len(os.fsencode(n)) for n in names) <= 255
+    assert any(n.startswith("a" * 200) for n in names) and any(n.startswith("\u00e9" * 100) for n in names)
+    atomic_write_text(out / ("b" * 255), "a final name of 255 bytes has a temporary that fits")
+    assert (out / ("b" * 255)).read_text().startswith("a final name")
