@@ -300,3 +300,42 @@ def test_inputs_with_names_near_the_file_system_limit_get_outputs(model, tmp_pat
     assert any(n.startswith("a" * 200) for n in names) and any(n.startswith("\u00e9" * 100) for n in names)
     atomic_write_text(out / ("b" * 255), "a final name of 255 bytes has a temporary that fits")
     assert (out / ("b" * 255)).read_text().startswith("a final name")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Names that hold terminal controls, and non-ASCII names written as protobuf escapes
+# ---------------------------------------------------------------------------------------------------------
+
+def test_terminal_controls_in_names_are_printed_escaped(model, tmp_path):
+    """A layer, blob or file name holding ESC sequences (colour, window title) or a right-to-left override
+    used to reach the terminal as is."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET.replace('name: "pool"', 'name: "p\\033]0;pwned\\007\\342\\200\\256"')
+                    .replace('bottom: "conv" top: "pool"', 'bottom: "nope" top: "pool"'))
+    result = invoke(info, path)
+    assert result.exit_code == 2 and "layer 'p\\x1b]0;pwned\\x07\\u202e' (Pooling)" in result.output, result.output
+    assert "\x1b" not in result.output and "\u202e" not in result.output
+    path.write_text(NET.replace('name: "pool"', 'name: "p\\033[2J"'))
+    result = invoke(info, path)
+    assert result.exit_code == 0 and "p\\x1b[2J" in result.output and "\x1b" not in result.output, result.output
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "evil\x1b[2J.png").write_bytes(b"not an image")
+    result = invoke(run, "--onnx", model, photos, "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "evil\\x1b[2J.png: not an image file" in result.output, result.output
+    assert "\x1b" not in result.output
+
+
+def test_non_ascii_names_written_as_octal_escapes_match_the_caffemodel(tmp_path):
+    """protobuf's text printer writes 'é' as "\\303\\251" (UTF-8 bytes); it was read as two Latin-1 characters,
+    so the layer found no weights in a caffemodel that names it 'é'."""
+    from caffe2torch.caffemodel import WeightsLayer, write_caffemodel
+    from caffe2torch.pipeline import convert as convert_net
+
+    text = NET.replace('name: "conv"', 'name: "c\\303\\251\\u00e9"')
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    weights = [np.ones((4, 3, 3, 3), np.float32), np.zeros(4, np.float32)]
+    write_caffemodel(tmp_path / "w.caffemodel", [WeightsLayer("c\u00e9\u00e9", "Convolution", weights)])
+    net, report = convert_net(path, tmp_path / "w.caffemodel")
+    assert report.ok and "c\u00e9\u00e9" in [layer.name for layer in net.spec.layers]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from caffe2torch.errors import CaffeError
+from caffe2torch.errors import CaffeError, printable
 
 EXIT_USER_ERROR = 2
 
@@ -107,7 +107,7 @@ def reports_errors(func: Callable) -> Callable:
         except CaffeError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(str(exc))}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated); a command may add what to do next
             name = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
@@ -122,7 +122,7 @@ def reports_errors(func: Callable) -> Callable:
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
             if debug:
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc}\n"
+            click.echo(f"internal error: {type(exc).__name__}: {printable(str(exc))}\n"
                        "(this is a bug in caffe2torch; rerun with CAFFE2TORCH_DEBUG=1 for the traceback)", err=True)
             sys.exit(1)
 
@@ -177,7 +177,7 @@ def interrupted_with(exc: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
 
 def echo_notes(notes: list[str]) -> None:
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {printable(note)}", err=True)
 
 
 def _crf_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

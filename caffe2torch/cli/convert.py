@@ -14,7 +14,7 @@ from caffe2torch.class_names import model_class_names, read_class_names
 from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.crf import crf_preset as crf_preset_params
 from caffe2torch.definitions import bundled_definition
-from caffe2torch.errors import CaffeError, Location
+from caffe2torch.errors import CaffeError, Location, printable
 from caffe2torch.images import list_images, read_image
 from caffe2torch.in_net_crf import runner_outputs
 from caffe2torch.input_sizes import known_input_sizes
@@ -114,9 +114,9 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     net, loaded = convert(spec, model)
     echo_notes(spec.notes)
     if loaded.nonfinite:
-        click.echo(f"warning: {loaded.nonfinite_text()}", err=True)
+        click.echo(f"warning: {printable(loaded.nonfinite_text())}", err=True)
     for dropped in spec.dropped:
-        click.echo(f"dropped {dropped.name} ({dropped.type}): {dropped.reason}", err=True)
+        click.echo(printable(f"dropped {dropped.name} ({dropped.type}): {dropped.reason}"), err=True)
     known = identify(model)
     requested = [o for o in onnx_outputs.split(",") if o] or None
     if requested:
@@ -170,7 +170,7 @@ def main(files, model_id, outdir, defines, phase, input_shapes, inputs, referenc
     if arrays is not None:
         report = verify_torch(net, arrays, expected, tol)
         atomic_write_text(out / "parity.json", report.to_json())
-        click.echo(format_report(report))
+        click.echo(printable(format_report(report)))
         click.echo(f"wrote {out / 'parity.json'}")
         if not report.ok:
             raise SystemExit(1)
