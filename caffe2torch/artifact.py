@@ -11,7 +11,6 @@ range the NetSpec implies, before a single weight is read; each is then read onc
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from caffe2torch.errors import ArtifactError, CaffeError, LimitError, Location
 from caffe2torch.net import CaffeNet, assign_tensors
 from caffe2torch.netspec import NetSpec
 from caffe2torch.paths import describe_content, require_file
-from caffe2torch.util import atomic_path
+from caffe2torch.util import atomic_path, loads_json
 
 FORMAT = "caffe2torch-net"
 FORMAT_VERSION = "1"
@@ -78,7 +77,9 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     where = Location(str(path))
 
     def corrupt(why: str) -> ArtifactError:
-        return ArtifactError(f"not a valid caffe2torch artifact ({why})", where)
+        hint = ("; a .caffemodel is converted with its prototxt: caffe2torch.convert(prototxt, caffemodel) or "
+                "deeplab-convert" if path.suffix.lower() == ".caffemodel" else "")
+        return ArtifactError(f"not a valid caffe2torch artifact ({why}){hint}", where)
 
     try:
         with open(path, "rb") as handle:
@@ -102,7 +103,7 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     except OSError as exc:
         raise ArtifactError(f"cannot read: {exc.strerror}", where) from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = loads_json(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise corrupt("its header is not JSON") from None
     if not isinstance(header, dict):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from caffe2torch.errors import CaffeError
+from caffe2torch.errors import CaffeError, printable
 from caffe2torch.util import worker_pool
 
 
@@ -38,7 +38,7 @@ def describe_failure(name: object, exc: BaseException) -> str:
         text = "out of memory (MemoryError)"
     else:
         text = f"{type(exc).__name__}: {exc}"
-    return text if text.startswith(str(name)) else f"{name}: {text}"
+    return printable(text if text.startswith(str(name)) else f"{name}: {text}")
 
 
 class BatchPool:

@@ -201,10 +201,16 @@ class _Reader:
                     raise self.fail(f"double data of {what} is not a whole number of doubles", a)
                 if b > a:
                     double_ranges.extend((a, b))
+        # Blob::FromProto's rules: double_data, when there is any, is the data (float data beside it is
+        # ignored), and legacy num/channels/height/width, when any is set, are the shape (over `shape`).
+        if double_ranges:
+            float_ranges, singles = flat_array("q"), flat_array("f")
         data = self._blob_data(float_ranges, singles, double_ranges)
-        is_legacy = shape is None
-        if shape is None:
-            shape = legacy if legacy_set else [data.size]
+        is_legacy = legacy_set or shape is None
+        if legacy_set:
+            shape = legacy
+        elif shape is None:
+            shape = [data.size]
         problem = limits.blob_problem(shape)
         if problem:
             raise CaffeModelError(f"{what}: shape {tuple(shape)} would hold {problem}; the file is corrupt",

@@ -306,11 +306,15 @@ def crf_preset(name: str) -> CRFParams:
 def parse_crf_overrides(params: CRFParams, text: str) -> CRFParams:
     """Apply "bi_w=4,bi_xy_std=67,max_iter=5" style overrides (one kernel of each kind); ValueError naming
     every problem (unknown name, a value that is not a number, settings `CRFParams.validate` refuses)."""
+    given: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or key not in CRFParams.__annotations__:
             raise ValueError(f"'{item}' is not NAME=VALUE with NAME one of {', '.join(CRFParams.__annotations__)}")
+        if key in given and given[key] != value:  # a typo or a pasted list: which one was meant is unclear
+            raise ValueError(f"{key} is given twice, as {given[key]} and {value}")
+        given[key] = value
         try:
             if key == "max_iter":
                 params.max_iter = int(value)

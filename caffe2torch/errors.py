@@ -5,6 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Characters a terminal acts on instead of showing: C0 controls but newline and tab (ESC starts colour, title
+# and cursor sequences; CR overwrites the line), DEL, C1 controls, and the bidirectional overrides that make
+# text read differently from what it is. Names from files (layers, blobs, image and class names) may hold them.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on written as an escape (\\x1b, \\u202e): a hostile
+    prototxt, caffemodel or file name cannot recolour, retitle or rewrite the user's terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
 
 @dataclass(frozen=True)
 class Location:
@@ -38,6 +49,11 @@ class CaffeError(Exception):
         self.location = location or Location()
         where = str(self.location)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ArgumentTypeError(CaffeError, TypeError):
+    """A Python API argument of the wrong type (None, a number, a list where a path or a mapping goes): a
+    TypeError, as Python code expects, and a CaffeError, so that one `except CaffeError` covers every misuse."""
 
 
 class PrototxtError(CaffeError):

@@ -43,7 +43,8 @@ class Sample:
 
 
 def _read_list(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, whitespace-separated fields) of each non-empty line of a text list file."""
+    """(line number, whitespace-separated fields) of each non-empty line of a text list file. A byte-order
+    mark (an editor's UTF-8 BOM) is dropped, and lines starting with '#' are comments: neither names a file."""
     location = Location(str(path))
     try:
         info = os.stat(path)
@@ -51,14 +52,15 @@ def _read_list(path: Path) -> list[tuple[int, list[str]]]:
             raise CaffeError("the list is not a regular file", location)
         if info.st_size > MAX_LIST_BYTES:
             raise CaffeError(f"the list is {info.st_size} bytes, over {MAX_LIST_BYTES}: not a list file?", location)
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise CaffeError("no such list file", location) from None
     except UnicodeDecodeError as exc:
         raise CaffeError(f"the list is not UTF-8 text (byte {exc.start})", location) from None
     except OSError as exc:
         raise CaffeError(f"cannot read the list: {exc.strerror or exc}", location) from None
-    return [(number, line.split()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return [(number, line.split()) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _plain_name_problem(name: str) -> str | None:

@@ -33,7 +33,7 @@ MAX_PROTOTXT_BYTES = 16 << 20
 MAX_HEADER_BYTES = 16 << 20
 FLOAT_BYTES = 4
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)i?b?\s*$", re.I)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)i?b?\s*$", re.I | re.ASCII)  # ASCII digits only
 
 
 def parse_size(text: str) -> int:

@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from caffe2torch.util import loads_json
+
 Shape = tuple[int | None, ...]
 
 
@@ -130,7 +132,7 @@ class NetSpec:
 
     @classmethod
     def from_json(cls, text: str) -> NetSpec:
-        raw = json.loads(text)
+        raw = loads_json(text)
         return cls(
             name=raw["name"],
             dialect=raw["dialect"],

@@ -38,7 +38,7 @@ from caffe2torch.layers import get_converter
 from caffe2torch.net import CaffeNet
 from caffe2torch.shapes import infer_shapes, layer_location
 from caffe2torch.shared_branches import SharedBranch
-from caffe2torch.util import atomic_path, single_threaded
+from caffe2torch.util import atomic_path, loads_json, single_threaded
 
 OPSET = 18
 # Up to this size the written file is checked whole as well (onnx.checker loads every weight to do it).
@@ -315,7 +315,7 @@ def decode_metadata(props: Mapping[str, str]) -> dict[str, object]:
     for key, value in props.items():
         if key.startswith(METADATA_PREFIX):
             try:
-                out[key[len(METADATA_PREFIX):]] = json.loads(value)
+                out[key[len(METADATA_PREFIX):]] = loads_json(value)
             except ValueError:
                 out[key[len(METADATA_PREFIX):]] = value
     return out

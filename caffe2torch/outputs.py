@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from caffe2torch.errors import CaffeError, Location, OutputError
-from caffe2torch.util import atomic_write_text, output_error
+from caffe2torch.util import NAME_MAX, atomic_write_text, fit_name, loads_json, output_error
 
 RUN_OUTPUT_SUFFIXES = (".png", "_overlay.png", "_probs.npy")
 
@@ -106,13 +106,39 @@ def check_outputs_spare_inputs(written_folders: list[Path], written_files: list[
                          Location(str(out)))
 
 
+def check_files_spare_inputs(outputs: list[Path | str], inputs: list[Path | str | None], where: str | Path) -> None:
+    """Any command: refuse when a file it will write is one of its inputs (the same path after resolving
+    links, or the same file through a hard link), e.g. `deeplab-convert out/model.onnx w.caffemodel -o out`
+    or `deeplab-verify ... --json net.prototxt`: the input would be replaced by the output."""
+    identities = {}
+    for path in inputs:
+        if path is not None:
+            identities[os.path.realpath(path)] = str(path)
+            identity = _identity(Path(path))
+            if identity is not None:
+                identities[identity] = str(path)
+    clashes = []
+    for output in outputs:
+        for key in (os.path.realpath(output), _identity(Path(output))):
+            if key is not None and key in identities:
+                same = os.path.normpath(identities[key]) == os.path.normpath(output)
+                clashes.append(identities[key] if same else f"{identities[key]} (as {output})")
+                break
+    if clashes:
+        raise CaffeError(f"input(s) {', '.join(clashes)} would be overwritten by this command's outputs; choose "
+                         "another output folder or name", Location(str(where)))
+
+
 def assign_stems(paths: list[Path], suffixes: tuple[str, ...] = RUN_OUTPUT_SUFFIXES) -> dict[Path, str]:
     """A stem per input whose output names (stem + suffix) collide with no other input's, case-insensitively;
     the first input (in the given order) keeps its own stem, later ones get _2, _3, ..."""
     taken: set[str] = set()
     stems: dict[Path, str] = {}
+    # A stem leaves room for the longest suffix and a _NNNNNN, within the file system's name limit: an input
+    # named with 250 bytes keeps its first ~230 in its outputs instead of failing with "File name too long".
+    room = NAME_MAX - max(len(os.fsencode(suffix)) for suffix in suffixes) - len("_999999")
     for path in paths:
-        base = path.stem or "image"
+        base = fit_name(path.stem, room) or "image"
         stem, index = base, 1
         while any((stem + suffix).casefold() in taken for suffix in suffixes):
             index += 1
@@ -149,7 +175,7 @@ class RunJournal:
             return records
         for line in text.splitlines():
             try:
-                record = json.loads(line)
+                record = loads_json(line)
                 key = (str(record["input"]), str(record["stem"]))
             except (ValueError, TypeError, KeyError):
                 continue  # a line cut short by a kill, or not ours

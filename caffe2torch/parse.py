@@ -307,8 +307,17 @@ class SchemaReader:
             number = _parse_int(text)
             if number is None:
                 raise self.error(f"'{dotted}' takes an enum name or integer, not {text}", value)
-            named = fd.enum_type.values_by_number.get(number)
-            return named.name if named else number
+            for _, candidate in fitting:
+                if candidate.type == FieldDescriptor.TYPE_ENUM:
+                    named = candidate.enum_type.values_by_number.get(number)
+                    if named is not None:
+                        return named.name
+            if dotted.rsplit(".", 1)[-1] == "type":  # a V1 layer type of an unknown fork: reported as such later
+                return number
+            # Caffe's proto2 enums are closed: its text parser refuses a number that names no value.
+            values = ", ".join(f"{v.name}={v.number}" for v in fd.enum_type.values[:8])
+            more = ", ..." if len(fd.enum_type.values) > 8 else ""
+            raise self.error(f"'{dotted}' = {number} is not a value of {fd.enum_type.name} ({values}{more})", value)
         if value.kind != "ident":
             raise self.error(f"'{dotted}' takes an enum name, not {text}", value)
         if text in fd.enum_type.values_by_name:

@@ -12,7 +12,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from caffe2torch.errors import CaffeError, Location
+from caffe2torch.errors import ArgumentTypeError, CaffeError, Location
 
 _SIGNATURES = [
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
@@ -36,6 +36,10 @@ def describe_content(head: bytes) -> str | None:
         (length,) = struct.unpack("<Q", head[:8])
         if 2 <= length < 1 << 40:
             return "a safetensors file (a converted artifact?)"
+    # ONNX's ModelProto starts with ir_version (field 1, a small varint), then producer_name, opset_import...
+    # A caffemodel's NetParameter never starts with field 1 as a varint (field 1 is its name, a string).
+    if len(head) >= 3 and head[0] == 0x08 and 3 <= head[1] <= 20 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A, 0x42):
+        return "an ONNX model"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "a Python pickle (never opened: it could run code)"
     try:
@@ -58,9 +62,21 @@ def sniff(path: str | Path, size: int = 64) -> str | None:
         return None
 
 
+def path_argument(value: object, what: str) -> Path:
+    """A path given to the Python API: str, bytes (os.fsdecode) or os.PathLike. ArgumentTypeError for anything
+    else (None, a number, an open file) and for an empty string (Path('') would silently mean '.')."""
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if isinstance(value, str) or (isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)):
+        if not str(value):
+            raise ArgumentTypeError(f"{what}: an empty path")
+        return Path(value)
+    raise ArgumentTypeError(f"expected a path to {what} (str or os.PathLike), not {type(value).__name__}")
+
+
 def require_file(path: str | Path, what: str, error: type[CaffeError] = CaffeError) -> Path:
     """An existing regular file (not a folder, FIFO or device: opening those hangs or reads forever)."""
-    path = Path(path)
+    path = path_argument(path, what)
     where = Location(str(path))
     try:
         info = path.stat()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from caffe2torch.caffemodel import CaffeModel, read_caffemodel
-from caffe2torch.errors import CaffeError, Location, NetDefinitionError, WeightsMismatchError
+from caffe2torch.errors import ArgumentTypeError, CaffeError, Location, NetDefinitionError, WeightsMismatchError
 from caffe2torch.layers.registry import shape_text
 from caffe2torch.load_weights import LoadReport, load_plan, match_weights
 from caffe2torch.net import CaffeNet, build_net
@@ -39,11 +39,52 @@ def read_net(
     """Parse and upgrade a prototxt of any dialect into a NetSpec: for inference (`deploy`, the default:
     training-only layers dropped and listed) or with its losses, to fine-tune in PyTorch. `phase` and `stages`
     are Caffe's NetState for the include/exclude rules (the file's own `state` stages are added)."""
-    parsed = parse_prototxt(prototxt, defines=dict(defines or {}), dialect=dialect)
-    spec = upgrade_net(parsed, phase=phase, stages=set(stages), input_shapes=dict(input_shapes or {}),
-                       deploy=deploy)
+    defines, input_shapes = checked_defines(defines), checked_input_shapes(input_shapes)
+    if not isinstance(phase, str):
+        raise ArgumentTypeError(f"phase must be 'test' or 'train', not {type(phase).__name__}")
+    stages = list(stages) if isinstance(stages, (list, tuple, set, frozenset)) else [stages]
+    if not all(isinstance(stage, str) for stage in stages):
+        raise ArgumentTypeError("stages must be a list of stage names (strings)")
+    parsed = parse_prototxt(prototxt, defines=defines, dialect=dialect)
+    spec = upgrade_net(parsed, phase=phase, stages=set(stages), input_shapes=input_shapes, deploy=deploy)
     check_input_shapes(spec)  # an absurd input_dim or --input-shape is refused here, before anything else
     return spec
+
+
+def checked_defines(defines: object) -> dict[str, str]:
+    """`defines` of the Python API: a mapping of placeholder names to values (str, or numbers written as
+    text); ArgumentTypeError for anything else, instead of a TypeError from deep inside the parser."""
+    if defines is None:
+        return {}
+    if not isinstance(defines, Mapping):
+        raise ArgumentTypeError(f"defines must be a mapping such as {{'NUM_LABELS': '21'}}, not "
+                                f"{type(defines).__name__}")
+    checked = {}
+    for name, value in defines.items():
+        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ArgumentTypeError(f"defines: {name!r}: {value!r} is not NAME (a string) = VALUE (a string)")
+        checked[name] = str(value)
+    return checked
+
+
+def checked_input_shapes(shapes: object) -> dict[str, tuple[int, ...]]:
+    """`input_shapes` of the Python API: a mapping of input names to sequences of integers (1.5, '3' or True
+    are refused, not truncated); the dims' values are checked with the net (check_input_shapes)."""
+    if shapes is None:
+        return {}
+    if not isinstance(shapes, Mapping):
+        raise ArgumentTypeError(f"input_shapes must be a mapping such as {{'data': (1, 3, 513, 513)}}, not "
+                                f"{type(shapes).__name__}")
+    checked = {}
+    for name, dims in shapes.items():
+        ok = isinstance(name, str) and isinstance(dims, Sequence) and not isinstance(dims, (str, bytes))
+        dims_list = list(dims) if ok else []
+        if not ok or not dims_list or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                                              for d in dims_list):
+            raise ArgumentTypeError(f"input_shapes: {name!r}: {dims!r} is not a sequence of integers such as "
+                                    "(1, 3, 513, 513)")
+        checked[name] = tuple(int(d) for d in dims_list)
+    return checked
 
 
 def set_input_shapes(spec: NetSpec, shapes: Mapping[str, Shape]) -> NetSpec:

@@ -76,24 +76,32 @@ def tokens(text: str) -> Iterator[tuple[str, str, int, int]]:
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v", "\\": "\\", "'": "'",
             '"': '"', "?": "?"}
-_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)")
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)")
 
 
 def unescape(quoted: str) -> str:
-    """The text of a quoted protobuf string: C escapes (\\n, \\", \\x41, \\101) resolved."""
+    """The text of a quoted protobuf string: C escapes (\\n, \\", \\x41, \\101, \\u00e9) resolved as protobuf
+    does: \\x and octal escapes are bytes, and the string's bytes are UTF-8, so `"\\303\\251"` (how protobuf's
+    text printer writes a non-ASCII name) is 'é', as the same name in a binary caffemodel reads."""
     body = quoted[1:-1]
     if "\\" not in body:
         return body
-
-    def one(match: re.Match) -> str:
+    out = bytearray()
+    pos = 0
+    for match in _ESCAPE.finditer(body):
+        out += body[pos:match.start()].encode("utf-8", "surrogatepass")
+        pos = match.end()
         code = match.group(1)
         if code[0] == "x":
-            return chr(int(code[1:], 16))
-        if code[0] in "01234567":
-            return chr(int(code, 8))
-        return _ESCAPES.get(code, code)
-
-    return _ESCAPE.sub(one, body)
+            out.append(int(code[1:], 16))
+        elif code[0] in "01234567":
+            out.append(int(code, 8) & 0xFF)  # C++ protobuf keeps the low byte of \\400..\\777
+        elif code[0] in "uU":
+            out += chr(min(int(code[1:], 16), 0x10FFFF)).encode("utf-8", "surrogatepass")
+        else:
+            out += _ESCAPES.get(code, code).encode("utf-8", "surrogatepass")
+    out += body[pos:].encode("utf-8", "surrogatepass")
+    return out.decode("utf-8", "replace")  # as the caffemodel reader decodes names
 
 
 class _Reader:

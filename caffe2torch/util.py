@@ -40,10 +40,28 @@ def _publish(tmp: str | Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def fit_name(name: str, limit: int) -> str:
+    """`name` cut (on a character boundary) to at most `limit` bytes as the file system stores it."""
+    if len(os.fsencode(name)) <= limit:
+        return name
+    kept, size = [], 0
+    for char in name:
+        size += len(os.fsencode(char))
+        if size > limit:
+            break
+        kept.append(char)
+    return "".join(kept)
+
+
 def _temporary_beside(path: Path) -> tuple[int, str]:
+    # ".NAME.XXXXXXXX.part": NAME cut so that a final name that fits the file system has a temporary that fits
+    prefix = "." + fit_name(path.name, NAME_MAX - len(".") - len("._XXXXXXX") - len(".part")) + "."
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        return tempfile.mkstemp(prefix=prefix, suffix=".part", dir=path.parent)
     except OSError as exc:
         raise output_error(path, exc) from None
 
@@ -112,6 +130,18 @@ def in_background(function, *args) -> concurrent.futures.Future:
 
     threading.Thread(target=run, name=getattr(function, "__name__", "background"), daemon=True).start()
     return future
+
+
+def loads_json(text: str | bytes):
+    """json.loads for untrusted text (model metadata, artifact headers, run records): a document nested too
+    deeply for Python's recursive decoder (`[[[[...` a hundred thousand times) is a ValueError like any other
+    text that is not JSON, never a RecursionError."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

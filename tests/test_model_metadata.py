@@ -93,6 +93,10 @@ BAD_VALUES = [
     ("input_sizes", json.dumps({"kind": "any", "declared": [17, 17]}), "height"),
     ("output_name", '"nope"', "not an output of the model"),
     ("input_name", '"nope"', "not an input of the model"),
+    # A JSON value nested 100,000 deep used to escape as a RecursionError ("internal error").
+    ("mean_values", "[" * 100_000 + "]" * 100_000, "1 or 3 numbers"),
+    ("data_dim_inputs", '["nope"]', "'nope' is not an input of the model"),
+    ("data_dim_inputs", '["data"]', "'data' is the image input"),
 ]
 
 

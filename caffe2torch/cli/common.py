@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from caffe2torch.errors import CaffeError
+from caffe2torch.errors import CaffeError, printable
 
 EXIT_USER_ERROR = 2
 
@@ -49,6 +49,8 @@ def parse_defines(values: tuple[str, ...]) -> dict[str, str]:
         name, sep, text = value.partition("=")
         if not sep or not name:
             raise click.BadParameter(f"'{value}' is not NAME=VALUE", param_hint="--define")
+        if name in defines and defines[name] != text:
+            raise click.BadParameter(f"{name} is given twice, as '{defines[name]}' and '{text}'", param_hint="--define")
         defines[name] = text
     return defines
 
@@ -58,11 +60,17 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     for value in values:
         name, sep, dims = value.partition("=")
         try:
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+            fields = [d.strip() for d in dims.replace("x", ",").split(",") if d.strip()]
+            if not all(d.isascii() and d.lstrip("-").isdigit() for d in fields):  # not '1_000', not other digits
+                raise ValueError(dims)
+            shape = tuple(int(d) for d in fields)
         except ValueError:
             shape = ()
         if not sep or not name or not shape or min(shape) < 1:
             raise click.BadParameter(f"'{value}' is not NAME=N,C,H,W", param_hint="--input-shape")
+        if name in shapes and shapes[name] != shape:
+            raise click.BadParameter(f"{name} is given twice, as {','.join(map(str, shapes[name]))} and "
+                                     f"{','.join(map(str, shape))}", param_hint="--input-shape")
         shapes[name] = shape
     return shapes
 
@@ -102,7 +110,7 @@ def reports_errors(func: Callable) -> Callable:
         except CaffeError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(str(exc))}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated); a command may add what to do next
             name = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
@@ -117,7 +125,7 @@ def reports_errors(func: Callable) -> Callable:
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
             if debug:
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc}\n"
+            click.echo(f"internal error: {type(exc).__name__}: {printable(str(exc))}\n"
                        "(this is a bug in caffe2torch; rerun with CAFFE2TORCH_DEBUG=1 for the traceback)", err=True)
             sys.exit(1)
 
@@ -172,7 +180,7 @@ def interrupted_with(exc: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
 
 def echo_notes(notes: list[str]) -> None:
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {printable(note)}", err=True)
 
 
 def _crf_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

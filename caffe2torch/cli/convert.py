@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import click
@@ -13,12 +14,13 @@ from caffe2torch.class_names import model_class_names, read_class_names
 from caffe2torch.cli.common import echo_notes, net_options, parse_defines, parse_input_shapes, reports_errors
 from caffe2torch.crf import crf_preset as crf_preset_params
 from caffe2torch.definitions import bundled_definition
-from caffe2torch.errors import CaffeError, Location
+from caffe2torch.errors import CaffeError, Location, printable
 from caffe2torch.images import list_images, read_image
 from caffe2torch.in_net_crf import runner_outputs
 from caffe2torch.input_sizes import known_input_sizes
 from caffe2torch.known_models import identify, known_model
 from caffe2torch.onnx_export import check_exportable, export_onnx
+from caffe2torch.outputs import check_files_spare_inputs
 from caffe2torch.paths import check_output_dir, make_output_dir
 from caffe2torch.pipeline import (
     check_blob_names,
@@ -96,6 +98,10 @@ def main(files, model_id, outdir, defines, phase, stages, input_shapes, inputs, 
     started = time.perf_counter()
     # Everything is validated before anything is written into OUTDIR.
     out = check_output_dir(outdir)
+    written = [out / ARTIFACT_NAME] + [out / ONNX_NAME] * write_onnx + [out / INT8_NAME] * bool(int8_images)
+    check_files_spare_inputs(written + [out / "parity.json"] * bool(inputs), [
+        prototxt, caffemodel, inputs, reference, classes if classes and os.path.isfile(classes) else None,
+        *(list_images([int8_images]) if int8_images else [])], out)
     given_classes = read_class_names(classes) if classes is not None else None
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes), stages=stages)
     arrays = load_npz(inputs, "inputs") if inputs else None
@@ -108,9 +114,9 @@ def main(files, model_id, outdir, defines, phase, stages, input_shapes, inputs, 
     net, loaded = convert(spec, model)
     echo_notes(spec.notes)
     if loaded.nonfinite:
-        click.echo(f"warning: {loaded.nonfinite_text()}", err=True)
+        click.echo(f"warning: {printable(loaded.nonfinite_text())}", err=True)
     for dropped in spec.dropped:
-        click.echo(f"dropped {dropped.name} ({dropped.type}): {dropped.reason}", err=True)
+        click.echo(printable(f"dropped {dropped.name} ({dropped.type}): {dropped.reason}"), err=True)
     known = identify(model)
     requested = [o for o in onnx_outputs.split(",") if o] or None
     if requested:
@@ -164,7 +170,7 @@ def main(files, model_id, outdir, defines, phase, stages, input_shapes, inputs, 
     if arrays is not None:
         report = verify_torch(net, arrays, expected, tol)
         atomic_write_text(out / "parity.json", report.to_json())
-        click.echo(format_report(report))
+        click.echo(printable(format_report(report)))
         click.echo(f"wrote {out / 'parity.json'}")
         if not report.ok:
             raise SystemExit(1)

@@ -35,7 +35,7 @@ from caffe2torch.evaluate import evaluate_model, evaluate_predictions, voc_sampl
 from caffe2torch.executors import InferenceSettings
 from caffe2torch.outputs import check_outputs_spare_inputs, prepare_output_folder
 from caffe2torch.progress import Progress
-from caffe2torch.util import atomic_write_text, file_sha256
+from caffe2torch.util import atomic_write_text, file_sha256, loads_json
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,7 +118,8 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     check_outputs_spare_inputs([out / "predictions", out / PANELS_DIR],
                                [out / "results.json", out / "report.md", out / "run.json", out / CHART],
                                inputs + [Path(model_file)], out)
-    crf = crf or bool(crf_preset or crf_params or crf_device)  # CRF settings imply --crf, as in deeplab-run
+    # CRF settings imply --crf, as in deeplab-run
+    crf = crf or (crf_preset is not None or bool(crf_params or crf_device))
     crf_in_workers = crf and crf_device is None
     explicit_jobs, ray_threads = jobs is not None, threads
     jobs = default_jobs(jobs, crf_in_workers)
@@ -158,7 +159,7 @@ def check_resume(out: Path, settings: dict, resume: bool) -> None:
     state = out / "run.json"
     if state.exists() and resume:
         try:
-            previous = json.loads(state.read_text(encoding="utf-8"))
+            previous = loads_json(state.read_text(encoding="utf-8"))
             if not isinstance(previous, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:

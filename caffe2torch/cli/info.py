@@ -8,7 +8,7 @@ import click
 
 from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import net_options, parse_defines, parse_input_shapes, reports_errors
-from caffe2torch.errors import CaffeError
+from caffe2torch.errors import CaffeError, printable
 from caffe2torch.known_models import KnownModel, identify
 from caffe2torch.paths import require_file
 from caffe2torch.pipeline import read_net
@@ -53,12 +53,12 @@ def describe_caffemodel(model, as_json: bool) -> None:
         click.echo(json.dumps({"caffemodel": model.source, "name": model.name, "layers": layers,
                                "known_model": known.id if known else None}, indent=1))
         return
-    click.echo(f"caffemodel: {model.source} ({model.name or 'unnamed'}; "
-               f"{'V1 layers' if model.dialect_hint == 'layers' else 'layer'} entries)")
+    click.echo(printable(f"caffemodel: {model.source} ({model.name or 'unnamed'}; "
+                         f"{'V1 layers' if model.dialect_hint == 'layers' else 'layer'} entries)"))
     for layer in layers:
         if layer["blobs"]:
             shapes = ", ".join("x".join(map(str, s)) for s in layer["blobs"])
-            click.echo(f"  {layer['name']:<32} {layer['type']:<14} {shapes}")
+            click.echo(printable(f"  {layer['name']:<32} {layer['type']:<14} {shapes}"))
     total = sum(b.size for layer in model.layers for b in layer.blobs)
     click.echo(f"{len(model.with_blobs())} layers with weights, {total:,} parameters")
     click.echo(known_model_text(known))
@@ -105,11 +105,11 @@ def main(prototxt, caffemodel, defines, phase, stages, input_shapes, as_json):
         data["warnings"] = warnings
         click.echo(json.dumps(data, indent=1))
     else:
-        click.echo(report.to_text())
+        click.echo(printable(report.to_text()))
         if model is not None:
             click.echo(known_model_text(known))
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {printable(warning)}", err=True)
     if report.weights is not None and not report.weights.ok:
         raise SystemExit(1)
 

@@ -30,6 +30,7 @@ from caffe2torch.outputs import (
     RUN_OUTPUT_SUFFIXES,
     RunJournal,
     assign_stems,
+    check_files_spare_inputs,
     check_inputs_outside,
     distinct_inputs,
     prepare_output_folder,
@@ -162,7 +163,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     chosen_backend(backend_name, onnx_path, artifact)  # usage errors before anything is read
     check_ray_options(ray_address, ray_actors, crf_device)
     scale_list = parse_scales(scales)
-    use_crf = crf or bool(crf_preset or crf_params or crf_device)
+    use_crf = crf or (crf_preset is not None or bool(crf_params or crf_device))
     crf_in_workers = use_crf and crf_device is None
     explicit_jobs, ray_threads = jobs is not None, threads
     jobs = default_jobs(jobs, crf_in_workers)
@@ -172,6 +173,12 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     if not paths:
         raise CaffeError("no images found in " + ", ".join(images))
     check_inputs_outside(Path(outdir), paths)
+    stems = assign_stems(paths)
+    model_file = onnx_path or artifact
+    suffixes = RUN_OUTPUT_SUFFIXES if save_probs else RUN_OUTPUT_SUFFIXES[:2]
+    check_files_spare_inputs([Path(outdir) / name for name in ("legend.json", RunJournal.NAME)]
+                             + [Path(outdir) / f"{stem}{suffix}" for stem in stems.values() for suffix in suffixes],
+                             [model_file], outdir)
     # The model (and its metadata, untrusted input) is checked before anything is written.
     backend = open_cli_backend(backend_name, precision, onnx_path, artifact, threads)
     check_class_count(backend)
@@ -179,11 +186,9 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     out = prepare_output_folder(outdir)
     atomic_write_text(out / "legend.json", legend_json(backend.info))
     echo_notes(notes)
-    model_file = onnx_path or artifact
     settings = {"model_sha256": file_sha256(model_file), "scales": list(scale_list), "flip": flip, "fuse": fuse,
                 "crf": None if params is None else params.__dict__, "crf_device": crf_device,
                 "save_probs": save_probs, "version": _version(), **backend_settings(backend)}
-    stems = assign_stems(paths)
     journal = RunJournal(out, settings, resume)
     failed: list[str] = []
     done = resumed = 0

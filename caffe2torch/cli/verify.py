@@ -8,7 +8,8 @@ import click
 
 from caffe2torch.caffemodel import read_caffemodel
 from caffe2torch.cli.common import net_options, parse_defines, parse_input_shapes, reports_errors
-from caffe2torch.errors import CaffeError
+from caffe2torch.errors import CaffeError, printable
+from caffe2torch.outputs import check_files_spare_inputs
 from caffe2torch.paths import check_output_dir, require_file
 from caffe2torch.pipeline import (
     check_input_arrays,
@@ -62,12 +63,13 @@ def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, 
         require_file(onnx_path, "an ONNX model")
     if json_out:
         check_output_dir(Path(json_out).parent)
+        check_files_spare_inputs([json_out], [prototxt, caffemodel, inputs, reference, onnx_path], json_out)
     spec = read_net(prototxt, parse_defines(defines), phase, parse_input_shapes(input_shapes), stages=stages)
     check_input_arrays(spec, arrays, inputs)
     set_input_shapes(spec, input_shapes_of(arrays))
     net, loaded = convert(spec, read_caffemodel(caffemodel))
     if loaded.nonfinite:
-        click.echo(f"warning: {loaded.nonfinite_text()}", err=True)
+        click.echo(f"warning: {printable(loaded.nonfinite_text())}", err=True)
     check_run_budget(net, arrays, inputs)
     if backend in ("onnx", "openvino") or onnx_path:
         runtime = "openvino" if backend == "openvino" else "onnxruntime"
@@ -76,7 +78,7 @@ def main(prototxt, caffemodel, inputs, reference, backend, onnx_path, json_out, 
             raise CaffeError("no reference blob is an output of the ONNX model")
     else:
         report = verify_torch(net, arrays, expected, tol)
-    click.echo(format_report(report))
+    click.echo(printable(format_report(report)))
     if json_out:
         atomic_write_text(json_out, report.to_json())
     if not report.ok:

@@ -29,6 +29,11 @@ def check_graph(info: ModelInfo, meta: Mapping[str, object], inputs: Mapping[str
     if "data_dim_inputs" not in meta:  # older models: recognise data_dim by its shape
         info.data_dim_inputs = [name for name, dims in inputs.items() if name != info.input_name
                                 and list(dims[1:]) == [1, 1, 2]]
+    for name in info.data_dim_inputs:  # each a real input other than the image, fed a (N, 1, 1, 2) blob
+        if name == info.input_name or name not in inputs:
+            what = "is the image input" if name == info.input_name else "is not an input of the model"
+            raise model_error(path, f"bad model metadata 'data_dim_inputs': '{name}' {what} "
+                                    f"({', '.join(inputs)})")
     others = [n for n in inputs if n != info.input_name and n not in info.data_dim_inputs]
     if others:
         raise model_error(path, f"the model takes input(s) {', '.join(others)} besides the image "

@@ -37,10 +37,15 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CaffeError(f"cannot load the ONNX model: {exc}", Location(str(path))) from None
-        meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)  # no second parse of the file
+        try:  # onnxruntime hands strings over as UTF-8: a tampered file's bytes fail to decode here
+            meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)  # no second parse of the file
+            inputs = {i.name: i.shape for i in self.session.get_inputs()}
+            outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        except UnicodeDecodeError as exc:
+            raise CaffeError(f"cannot load the ONNX model: its metadata or input/output names are not UTF-8 text "
+                             f"({exc.reason} at byte {exc.start}); the file is corrupt", Location(str(path))) from None
         self.info = ModelInfo.from_metadata(meta, str(path))
-        self.data_dim_inputs = check_graph(self.info, meta, {i.name: i.shape for i in self.session.get_inputs()},
-                                           {o.name: o.shape for o in self.session.get_outputs()}, path)
+        self.data_dim_inputs = check_graph(self.info, meta, inputs, outputs, path)
 
     def describe(self) -> str:
         import onnxruntime as ort

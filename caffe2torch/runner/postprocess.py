@@ -45,6 +45,8 @@ def crf_setting(info: ModelInfo, preset: str | None = None, overrides: str = "")
     """The CRF setting of a run: the preset asked for (RGB colours), else the model's own (the net's DenseCRF
     layer with the colours it saw, or the model's preset), with `overrides` ("bi_w=4,max_iter=5") applied.
     ValueError for an unknown preset or a bad override."""
+    if preset is not None and not preset.strip():  # `--crf-preset ""` (an unset shell variable) is no preset
+        raise ValueError("an empty CRF preset name; leave --crf-preset out for the model's own setting")
     if preset or info.crf_setting is None:
         name = preset or info.crf_preset or DEFAULT_CRF_PRESET
         base, colours, source = crf_preset(name), "rgb", f"preset {name}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from caffe2torch.input_sizes import known_input_sizes
 from caffe2torch.model_metadata import check_crf_preset
 from caffe2torch.runner.model_info import ModelInfo, check_output, model_error, model_info
 from caffe2torch.runner.preprocess import data_dim_blob
+from caffe2torch.util import loads_json
 
 
 def artifact_info(net, meta: dict, path) -> ModelInfo:
@@ -19,7 +19,7 @@ def artifact_info(net, meta: dict, path) -> ModelInfo:
     raw = meta.get("runner")
     if raw is not None:
         try:
-            decoded = json.loads(raw)
+            decoded = loads_json(raw)
         except ValueError:
             raise model_error(path, "bad model metadata 'runner': not JSON") from None
         if not isinstance(decoded, dict):
