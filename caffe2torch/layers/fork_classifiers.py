@@ -17,8 +17,8 @@ read from its fork's CPU forward:
 - `Axpy` (hujie-frank/SENet axpy_layer.cpp, 0262d43): bottoms a, x, y; top = a * x + y with a's value for
   (n, c) over every position of x's plane. Reshape CHECKs a.shape(0), a.shape(1) against x's, a 4-D a to be
   (N, C, 1, 1), and x and y to have the same shape; the top is shaped like x. Forward reads a as N * C values: an
-  `a` with more values than that (a 3-D a of (N, C, k > 1), which Caffe does not refuse) is refused here. The
-  forward copies y into the top first, so a top that is x or a is not what the formula says: refused.
+  `a` with more values than that (a 3-D a of (N, C, k > 1), which Caffe does not refuse) is refused here. In
+  place (top 0 on bottom 0, a) the top reshapes a's memory and the forward copies y there first: refused.
 """
 
 from __future__ import annotations
@@ -161,10 +161,9 @@ class AxpyConverter(LayerConverter):
     top_counts = (1, 1)
 
     def check(self, spec, ctx):
-        top = spec.tops[0] if spec.tops else None
-        if top is not None and top in spec.bottoms[:2]:
-            which = "x (bottom 1)" if spec.bottoms[1] == top else "a (bottom 0)"
-            return [f"Axpy in place on {which}: Caffe's forward copies y into the top before it reads a and x, "
+        # In place is top 0 on bottom 0 (Caffe's Net): the top, shaped like x, replaces a's memory.
+        if spec.tops and spec.bottoms and spec.tops[0] == spec.bottoms[0]:
+            return ["Axpy in place on a (bottom 0): Caffe's forward copies y into the top before it reads a and x, "
                     "so the result is not a * x + y"]
         return []
 
