@@ -27,16 +27,20 @@ seg = parse_prototxt_text('layer { name: "u" type: "Upsample" upsample_param { s
 psp = parse_prototxt_text('layer { name: "b" type: "BN" bn_param { frozen: true } }\n'
                           'layer { name: "i" type: "Interp" interp_param { zoom_factor: 8 } }')
 assert (seg.dialect, psp.dialect) == ("segnet", "pspnet")
+# The classifiers' forks (README "Classifiers").
+shuffle = parse_prototxt_text('layer { name: "s" type: "ShuffleChannel" shuffle_channel_param { group: 3 } }')
+assert shuffle.dialect == "shufflenet" and shuffle.net["layer"][0]["shuffle_channel_param"]["group"] == 3
 # Each dialect's descriptors, as this runtime loads them, still equal its fork's field table.
 import importlib.util
 import json
 from google.protobuf import descriptor_pb2
-from caffe2torch.proto import deeplab_v1_pb2, deeplab_v2_pb2, enet_pb2, pspnet_pb2, segnet_pb2, upstream_pb2
+from caffe2torch.proto import deeplab_v1_pb2, deeplab_v2_pb2, enet_pb2, pspnet_pb2, segnet_pb2, shufflenet_pb2, upstream_pb2
 spec = importlib.util.spec_from_file_location("extract", "scripts/extract_schema_table.py")
 extract = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(extract)
 for dialect, module in (("upstream", upstream_pb2), ("deeplab_v1", deeplab_v1_pb2), ("deeplab_v2", deeplab_v2_pb2),
-                        ("segnet", segnet_pb2), ("enet", enet_pb2), ("pspnet", pspnet_pb2)):
+                        ("segnet", segnet_pb2), ("enet", enet_pb2), ("pspnet", pspnet_pb2),
+                        ("shufflenet", shufflenet_pb2)):
     files, pending = [], [module.DESCRIPTOR]
     while pending:
         file = pending.pop()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "caffe2torch" / "proto"
-SCHEMAS = ("common", "upstream", "deeplab_v1", "deeplab_v2", "segnet", "enet", "pspnet")
+SCHEMAS = ("common", "upstream", "deeplab_v1", "deeplab_v2", "segnet", "enet", "pspnet", "shufflenet")
 
 _GUARD = re.compile(
     r"from google\.protobuf import runtime_version as _runtime_version\n"

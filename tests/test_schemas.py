@@ -11,13 +11,22 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2
 
-from caffe2torch.proto import common_pb2, deeplab_v1_pb2, deeplab_v2_pb2, enet_pb2, pspnet_pb2, segnet_pb2, upstream_pb2
+from caffe2torch.proto import (
+    common_pb2,
+    deeplab_v1_pb2,
+    deeplab_v2_pb2,
+    enet_pb2,
+    pspnet_pb2,
+    segnet_pb2,
+    shufflenet_pb2,
+    upstream_pb2,
+)
 
 from .conftest import REPO
 
 TABLES = REPO / "tests" / "data" / "schemas"
 DIALECT_MODULES = {"upstream": upstream_pb2, "deeplab_v1": deeplab_v1_pb2, "deeplab_v2": deeplab_v2_pb2,
-                   "segnet": segnet_pb2, "enet": enet_pb2, "pspnet": pspnet_pb2}
+                   "segnet": segnet_pb2, "enet": enet_pb2, "pspnet": pspnet_pb2, "shufflenet": shufflenet_pb2}
 # Where each table was extracted from (scripts/extract_schema_table.py; deeplab-caffe-facts.md names the forks).
 SOURCES = {
     "upstream": ("BVLC/caffe", "9b891540183ddc834a02b2bd81b31afae71b2153"),
@@ -27,7 +36,12 @@ SOURCES = {
     "segnet": ("alexgkendall/caffe-segnet", "344c113bf1832886f1cbe9f33ffe28a3beeaf412"),
     "enet": ("TimoSaemann/caffe-enet", "22d356c956cdc5e752e6d40612e4f6c60fc8f471"),
     "pspnet": ("hszhao/PSPNet", "798bdc907c8630e8c3997ebfdd0d7cae0c5ab03b"),
+    # The classifiers' forks: ShuffleNet ships no caffe.proto, only the lines its README says to add to
+    # upstream's (the table is upstream's plus those; caffe-mobilenet and SENet change no schema).
+    "shufflenet": ("farmingyard/ShuffleNet", "b9624442bd410bbd2aadc820122b138e63039d70"),
 }
+# Tables of forks that ship caffe.proto additions rather than a caffe.proto: {dialect: (path, base table)}.
+ADDITIONS = {"shufflenet": ("README.md", "upstream")}
 # Deliberate differences between our schema and the fork's, as table_differences() words them. None at present:
 # each dialect reads exactly what its fork's Caffe reads.
 DELIBERATE_DIFFERENCES: dict[str, list[str]] = {name: [] for name in SOURCES}
@@ -111,7 +125,12 @@ def test_schema_equals_its_forks_caffe_proto(dialect):
 def test_field_tables_record_their_source(dialect):
     table = fork_table(dialect)
     assert (table["source"]["repository"], table["source"]["commit"]) == SOURCES[dialect]
-    assert table["source"]["path"] == "src/caffe/proto/caffe.proto" and table["root"] == "NetParameter"
+    if dialect in ADDITIONS:
+        path, base = ADDITIONS[dialect]
+        assert table["source"]["path"] == path and table["base"] == fork_table(base)["source"]
+    else:
+        assert table["source"]["path"] == "src/caffe/proto/caffe.proto"
+    assert table["root"] == "NetParameter"
     assert "SolverParameter" not in table["messages"]  # only what a net definition can reach
 
 
@@ -256,3 +275,19 @@ def test_deeplab_messages():
     assert "has_label" not in v2_image
     v2_transform = deeplab_v2_pb2.TransformationParameter.DESCRIPTOR.fields_by_name
     assert (v2_transform["scale_factors"].number, v2_transform["crop_width"].number) == (8, 9)
+
+
+def test_shufflenet_table_is_upstreams_plus_its_readmes_additions():
+    # farmingyard/ShuffleNet README: "optional ShuffleChannelParameter shuffle_channel_param = 164;" and
+    # "message ShuffleChannelParameter { optional uint32 group = 1[default = 1]; }", into upstream's caffe.proto.
+    shufflenet, upstream = fork_table("shufflenet"), fork_table("upstream")
+    assert shufflenet["enums"] == upstream["enums"]
+    added = {name for name in shufflenet["messages"] if shufflenet["messages"][name] != upstream["messages"].get(name)}
+    assert added == {"LayerParameter", "ShuffleChannelParameter"}
+    layer = dict(shufflenet["messages"]["LayerParameter"])
+    assert layer.pop("shuffle_channel_param") == {"number": 164, "label": "optional", "type": "message",
+                                                  "type_name": "ShuffleChannelParameter"}
+    assert layer == upstream["messages"]["LayerParameter"]
+    assert shufflenet["messages"]["ShuffleChannelParameter"] == {
+        "group": {"number": 1, "label": "optional", "type": "uint32", "default": 1}}
+    assert number(shufflenet_pb2.LayerParameter, "shuffle_channel_param") == 164

@@ -8,6 +8,7 @@ from caffe2torch.layers import (  # noqa: F401  (imported for their @register si
     domain_transform,
     eltwise,
     fork_batchnorm,
+    fork_classifiers,
     interp,
     loss,
     normalization,
