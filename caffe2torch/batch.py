@@ -11,6 +11,7 @@ complete, and the batch goes on with a new pool.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import os
 from collections.abc import Callable, Hashable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -38,7 +39,19 @@ def describe_failure(name: object, exc: BaseException) -> str:
         text = "out of memory (MemoryError)"
     else:
         text = f"{type(exc).__name__}: {exc}"
-    return printable(text if text.startswith(str(name)) else f"{name}: {text}")
+    if text.startswith(str(name)):
+        return printable(text)
+    head, sep, rest = text.partition(": ")
+    if sep and _same_path(head, str(name)):  # the error names the file by another spelling (absolute)
+        text = rest
+    return printable(f"{name}: {text}")
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return os.path.abspath(a) == os.path.abspath(b)
+    except (ValueError, OSError):  # a NUL byte, a vanished working folder
+        return False
 
 
 class BatchPool:

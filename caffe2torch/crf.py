@@ -35,6 +35,10 @@ MAX_ITERATIONS = 1000
 # Kernels: DeepLab uses one positional and one bilateral; each holds its own lattice (about 12(d+1) bytes per
 # pixel) and costs a filtering per iteration.
 MAX_KERNELS = 8
+# Kernel weights: DeepLab's are 3 to 10. The mean-field step multiplies each weight by filtered probabilities
+# in float32 and exponentiates the sum, so a weight near float32's range (1e308 given as 'bi_w=1e308') turns
+# every image's probabilities into NaN; refuse such a setting once, before the first image.
+MAX_KERNEL_WEIGHT = 1e6
 
 
 class CRFInputError(CaffeError, ValueError):
@@ -101,6 +105,9 @@ class CRFParams:
                 problems.append(f"{name} {_show(values)} must be finite (not NaN or infinity)")
             elif name.endswith("_std") and any(v <= 0 for v in values):
                 problems.append(f"{name} {_show(values)} must be > 0 (CRF standard deviations)")
+            elif name.endswith("_w") and any(abs(v) > MAX_KERNEL_WEIGHT for v in values):
+                problems.append(f"{name} {_show(values)} is out of range: kernel weights are at most "
+                                f"{MAX_KERNEL_WEIGHT:g} in size (DeepLab's are 3 to 10)")
         for name, dims, d in (("pos_xy_std", (0, 1), 2), ("bi_xy_std", (0, 1), 5), ("bi_rgb_std", (2, 3, 4), 5)):
             step = np.zeros(d)
             step[list(dims)] = 1.0

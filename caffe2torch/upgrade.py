@@ -430,6 +430,11 @@ def _data_layer_shapes(layer: dict[str, Any]) -> list[Shape]:
     crop_w = transform.get("crop_width") or crop
     if kind == "Input":
         shapes = [tuple(s.get("dim", [])) for s in layer.get("input_param", {}).get("shape", [])]
+        if len(shapes) not in (0, 1, len(tops)):  # InputLayer::LayerSetUp's CHECK
+            raise NetDefinitionError(f"input_param gives {len(shapes)} shapes for {len(tops)} top(s): give one "
+                                     "shape, one per top, or none", Location(layer.get("_source"), layer.get("line"),
+                                                                             layer=layer.get("name"),
+                                                                             layer_type="Input"))
         if len(shapes) == 1:
             shapes = shapes * len(tops)
         return shapes + [(None,)] * (len(tops) - len(shapes))

@@ -339,3 +339,35 @@ def test_non_ascii_names_written_as_octal_escapes_match_the_caffemodel(tmp_path)
     write_caffemodel(tmp_path / "w.caffemodel", [WeightsLayer("c\u00e9\u00e9", "Convolution", weights)])
     net, report = convert_net(path, tmp_path / "w.caffemodel")
     assert report.ok and "c\u00e9\u00e9" in [layer.name for layer in net.spec.layers]
+
+
+def test_caffes_counts_for_convolution_geometry_and_input_shapes():
+    # BaseConvolutionLayer: kernel_size once or once per spatial axis (three equal values for two axes are
+    # refused: the count matters); InputLayer: one shape, one per top, or none.
+    with pytest.raises(Exception, match=r"must be given once, or once per spatial axis \(2\)"):
+        net_from_text(NET.replace("kernel_size: 3 pad: 1", "kernel_size: 3 kernel_size: 3 kernel_size: 3 pad: 1"))
+    two_shapes = ('layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 9 dim: 9 } '
+                  'shape { dim: 1 dim: 3 dim: 9 dim: 9 } } }\n'
+                  'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+                  'convolution_param { num_output: 2 kernel_size: 3 } }')
+    with pytest.raises(Exception, match=r"test.prototxt:1: layer 'in' \(Input\): input_param gives 2 shapes for 1"):
+        net_from_text(two_shapes)
+
+
+def test_crf_weights_beyond_any_use_and_absurd_scales_are_refused_up_front(model, tmp_path):
+    photo = save_photo(tmp_path / "photo.jpg", seed=1)
+    result = invoke(run, "--onnx", model, photo, "-o", tmp_path / "a", "--crf", "--crf-params", "bi_w=1e308")
+    assert result.exit_code == 2 and "bi_w 1e+308 is out of range" in result.output, result.output
+    result = invoke(run, "--onnx", model, photo, "-o", tmp_path / "b", "--scales", "1e300")
+    assert result.exit_code == 2 and "at most 1000" in result.output and "1e300" in result.output, result.output
+    assert len(result.output) < 600  # no 300-digit pixel count
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_skipped_image_is_named_once_as_the_user_gave_it(model, tmp_path, monkeypatch):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
+    monkeypatch.chdir(tmp_path)
+    result = invoke(run, "--onnx", model, "broken.jpg", "-o", "out")
+    assert result.exit_code == 1, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("skipped:"))
+    assert line.startswith("skipped: broken.jpg: ") and str(tmp_path) not in line, line

@@ -41,6 +41,9 @@ from caffe2torch.runner import legend_json, padded_size, postprocess
 from caffe2torch.util import atomic_path, atomic_write_text, file_sha256
 
 MAX_SCALES = 16
+# A test scale beyond this is a typo (DeepLab tests at 0.5 to 1.5); below it, --max-pixels bounds what a scale
+# may cost, image by image.
+MAX_SCALE = 1000.0
 MAX_LABELS = 256  # a palette PNG holds labels 0..255
 
 
@@ -68,9 +71,9 @@ def parse_scales(text: str) -> tuple[float, ...]:
         scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
         scales = ()
-    if not scales or not all(math.isfinite(s) and s > 0 for s in scales) or len(scales) > MAX_SCALES:
-        raise click.BadParameter(f"'{text}' is not a list of 1 to {MAX_SCALES} finite positive scales like "
-                                 "0.5,0.75,1", param_hint="--scales")
+    if not scales or not all(math.isfinite(s) and 0 < s <= MAX_SCALE for s in scales) or len(scales) > MAX_SCALES:
+        raise click.BadParameter(f"'{text}' is not a list of 1 to {MAX_SCALES} scales above 0 and at most "
+                                 f"{MAX_SCALE:g}, like 0.5,0.75,1", param_hint="--scales")
     return scales
 
 

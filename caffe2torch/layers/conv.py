@@ -33,10 +33,11 @@ def _conv_geometry(spec: LayerSpec) -> tuple[list[int], list[int], list[int], li
 
 def per_axis(values: list[int], axes: int, name: str) -> list[int]:
     """BaseConvolutionLayer::LayerSetUp's rule for one of kernel/stride/pad/dilation with `axes` spatial axes:
-    given once (the upgrade stores it twice) or once per axis."""
+    given once (the upgrade stores it twice) or once per axis. Three equal values for two axes are refused as
+    Caffe refuses them (the count, not the values, must fit)."""
     if len(values) == axes:
         return list(values)
-    if len(set(values)) == 1:
+    if len(values) == 2 and values[0] == values[1]:  # given once: the upgrade's [v, v]
         return [values[0]] * axes
     raise ValueError(f"{name} {_pair_text(values)}: must be given once, or once per spatial axis ({axes})")
 
