@@ -370,3 +370,57 @@ def test_inner_product_net_converts_exports_and_is_refused_once_by_the_runner(tm
         assert ran.exit_code == 2, ran.output
         assert ran.output.count("error:") == 1 and "not a (N, C, H, W) score map" in ran.output
         assert "internal error" not in ran.output and not (tmp_path / "seg").exists()
+
+
+# -- nets that end before DeepLab's Interp: scores on a stride grid of the input ---------------------------
+
+STRIDED_NET = """name: "noup"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 33 dim: 33 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "fc8" type: "Convolution" bottom: "conv1" top: "fc8"
+        convolution_param { num_output: 21 kernel_size: 3 pad: 1 stride: 2 } }
+"""
+
+
+def test_stride_grid_scores_are_upsampled_as_deeplabs_interp(tmp_path):
+    # A DeepLab 'noup'/weakly-supervised deploy net ends at stride-s scores (here s = 4: 33 -> 9); its users
+    # upsampled them as the test nets' Interp (zoom_factor s: aligned corners, (9 - 1)·4 + 1 = 33). Both
+    # backends do that, say so once, and the labels equal the by-hand computation.
+    from caffe2torch.runner.model_info import interp_stride
+
+    assert interp_stride((33, 33), (9, 9)) == 4 and interp_stride((513, 385), (65, 49)) == 8
+    assert interp_stride((33, 33), (10, 10)) is None and interp_stride((33, 17), (9, 9)) is None
+    prototxt, caffemodel = write_model(tmp_path, STRIDED_NET)
+    result = invoke(convert, [prototxt, caffemodel, "-o", tmp_path / "out"])
+    assert result.exit_code == 0, result.output
+    rgb = scene(40, 50)  # larger than the crop (33): padded to 65x65, scores 17x17, still stride 4
+    path = _save(tmp_path / "photo.png", rgb)
+    labels = {}
+    for flag, name in (("--onnx", "model.onnx"), ("--model", "model.safetensors")):
+        ran = invoke(run, [flag, tmp_path / "out" / name, path, "-o", tmp_path / flag.strip("-")])
+        assert ran.exit_code == 0, ran.output
+        assert ran.output.count("stride-4 grid") == 1 and "zoom_factor 4" in ran.output, ran.output
+        labels[flag] = np.asarray(Image.open(tmp_path / flag.strip("-") / "photo.png"))
+    backend = TorchBackend(tmp_path / "out" / "model.safetensors")
+    batch = preprocess(rgb, backend.info)
+    assert batch.shape[-2:] == (65, 65)
+    scores = torch.from_numpy(backend.logits(batch))
+    assert scores.shape[-2:] == (17, 17)
+    up = torch.nn.functional.interpolate(scores, size=(65, 65), mode="bilinear", align_corners=True)[0]
+    expected = up[:, :40, :50].numpy()
+    np.testing.assert_array_equal(image_logits(backend, rgb), expected)
+    np.testing.assert_array_equal(labels["--model"], expected.argmax(axis=0))
+    assert (labels["--onnx"] == labels["--model"]).mean() > 0.999
+
+
+def test_scores_smaller_than_the_input_and_on_no_grid_are_refused_before_the_first_image(tmp_path):
+    text = STRIDED_NET.replace("dim: 33 dim: 33", "dim: 34 dim: 34")  # 34 -> 9: (34 - 1) / (9 - 1) is no integer
+    prototxt, caffemodel = write_model(tmp_path, text)
+    result = invoke(convert, [prototxt, caffemodel, "-o", tmp_path / "out"])
+    assert result.exit_code == 0, result.output
+    path = _save(tmp_path / "photo.png", scene(20, 20))
+    ran = invoke(run, ["--onnx", tmp_path / "out" / "model.onnx", path, "-o", tmp_path / "run"])
+    assert ran.exit_code == 2 and "no stride grid" in ran.output, ran.output
+    assert not (tmp_path / "run" / "photo.png").exists()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import click
 
 from caffe2torch.runner.backends import BACKENDS, PRECISIONS, open_backend
+from caffe2torch.runner.model_info import score_stride
 
 BACKEND_HELP = ("onnxruntime (the default with --onnx), openvino (--onnx; the same file in OpenVINO, bf16 on "
                 "CPUs with AMX/AVX-512 BF16: pip install 'caffe2torch[openvino]'), torch (the default with --model).")
@@ -45,6 +46,11 @@ def open_cli_backend(backend_name: str | None, precision: str, onnx_path: str | 
     backend = open_backend(name, onnx_path or artifact, threads, precision)
     if name == "openvino" or precision != "f32":
         click.echo(f"note: {backend.describe()}", err=True)
+    stride = score_stride(backend.info)
+    if stride:
+        click.echo(f"note: the model's output '{backend.info.output_name}' is a stride-{stride} grid of its input "
+                   f"(the net ends before an upsampling layer): its scores are upsampled as DeepLab's Interp with "
+                   f"zoom_factor {stride} does (bilinear, aligned corners), then cropped to the image", err=True)
     return backend
 
 

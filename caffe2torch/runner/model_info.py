@@ -106,6 +106,29 @@ def model_error(source, message: str) -> ArtifactError:
     return ArtifactError(message, Location(str(source)))
 
 
+def interp_stride(input_size, output_size) -> int | None:
+    """The s for which DeepLab's Interp with zoom_factor s maps an output grid back onto its input exactly:
+    input − 1 = s·(output − 1) on both axes, s ≥ 2 (a stride-s net at sizes s·k + 1, DeepLab's convention:
+    its test nets end with exactly this Interp). None when the output is not such a grid of the input."""
+    (in_h, in_w), (out_h, out_w) = (int(d) for d in input_size), (int(d) for d in output_size)
+    if out_h < 2 or out_w < 2 or (in_h - 1) % (out_h - 1) or (in_w - 1) % (out_w - 1):
+        return None
+    stride = (in_h - 1) // (out_h - 1)
+    return stride if stride >= 2 and stride == (in_w - 1) // (out_w - 1) else None
+
+
+def score_stride(info: ModelInfo) -> int | None:
+    """The stride of a size-free model's scores when they are a stride-s grid of its input (a net that ends
+    before DeepLab's Interp: its 'noup' and weakly-supervised deploy nets); the runner then upsamples them as
+    that Interp would (runner/logits.upsample_like_interp). None for a full-size output or when unknown."""
+    declared = info.output_shape
+    if info.sizes is None or not info.sizes.size_free or declared is None or len(declared) != 4:
+        return None
+    if None in declared[2:] or tuple(declared[2:]) == tuple(info.sizes.declared):
+        return None
+    return interp_stride(info.sizes.declared, declared[2:])
+
+
 def check_output(info: ModelInfo, shape, source) -> None:
     """A model-level check before the first image: the output is an (N, C, H, W) score map with one channel
     per class name (`shape`: the output's dimensions, an int where known)."""
@@ -122,7 +145,10 @@ def check_output(info: ModelInfo, shape, source) -> None:
     declared = info.output_shape
     if (info.sizes is not None and info.sizes.size_free and declared is not None and len(declared) == 4
             and None not in declared[2:] and (declared[2] < info.sizes.declared[0]  # type: ignore[operator]
-                                              or declared[3] < info.sizes.declared[1])):  # type: ignore[operator]
+                                              or declared[3] < info.sizes.declared[1])  # type: ignore[operator]
+            and score_stride(info) is None):
         raise model_error(source, f"the model's output '{info.output_name}' is {declared[2]}x{declared[3]} at "
                                   f"input {info.sizes.declared[0]}x{info.sizes.declared[1]}: it does not cover the "
-                                  "image (not upsampled to the input size), so it cannot label every pixel")
+                                  "image (not upsampled to the input size) and is no stride grid of it (input − 1 "
+                                  "= s·(output − 1), which DeepLab's Interp would upsample), so it cannot label "
+                                  "every pixel")
