@@ -331,3 +331,44 @@ def test_fork_classifier_net_matches_opencv_and_onnxruntime(tmp_path, build, dia
                   for w in weights]
     x = random(tuple(spec.inputs[0].shape), seed=9)
     compare_with_opencv(tmp_path, text, {"x": x}, weights, cv_text=build(cv=True), cv_weights=cv_weights)
+
+
+# ---- DepthwiseConvolution (yonghenglh6's name for it): a Convolution with one group per channel ----
+
+
+def yonghenglh6_mobilenet(cv=False) -> str:
+    """mobilenet_like with the depthwise layers written as the DepthwiseConvolution forks' files write them
+    (type DepthwiseConvolution, num_output = group = channels); OpenCV reads them as grouped Convolutions."""
+    text = mobilenet_like(cv=True)
+    return text if cv else text.replace('type: "Convolution" bottom: "conv1" top: "conv2_1/dw"',
+                                        'type: "DepthwiseConvolution" bottom: "conv1" top: "conv2_1/dw"').replace(
+        'type: "Convolution" bottom: "conv2_1/sep" top: "conv2_2/dw"',
+        'type: "DepthwiseConvolution" bottom: "conv2_1/sep" top: "conv2_2/dw"')
+
+
+def test_depthwise_convolution_net_matches_opencv_and_onnxruntime(tmp_path):
+    text = yonghenglh6_mobilenet()
+    assert text.count('"DepthwiseConvolution"') == 2
+    spec = spec_from_text(text)
+    assert spec.dialect == "depthwise"
+    weights = classic_weights(build_net(spec), seed=6)
+    cv_weights = [WeightsLayer(w.name, "Convolution" if w.type == "DepthwiseConvolution" else w.type, w.blobs)
+                  for w in weights]
+    x = random(tuple(spec.inputs[0].shape), seed=4)
+    compare_with_opencv(tmp_path, text, {"x": x}, weights, cv_text=yonghenglh6_mobilenet(cv=True),
+                        cv_weights=cv_weights)
+
+
+@pytest.mark.parametrize("params, message", [
+    ("num_output: 4 group: 2 kernel_size: 3", "group 2 with num_output 4"),
+    ("num_output: 4 group: 4 kernel_size: 3 dilation: 2", "dilation 2x2"),
+])
+def test_depthwise_convolution_the_forks_disagree_on_is_refused(params, message):
+    text = net_text(f'layer {{ name: "d" type: "DepthwiseConvolution" bottom: "x" top: "d" '
+                    f'convolution_param {{ {params} }} }}', shape=(1, 4, 7, 7))
+    with pytest.raises((UnsupportedError, NetDefinitionError), match=message):
+        net_from_text(text)
+    mismatch = net_text('layer { name: "d" type: "DepthwiseConvolution" bottom: "x" top: "d" '
+                        'convolution_param { num_output: 3 group: 3 kernel_size: 3 } }', shape=(1, 4, 7, 7))
+    with pytest.raises(NetDefinitionError, match="the input has 4 channels but group is 3"):
+        net_from_text(mismatch)

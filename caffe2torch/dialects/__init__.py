@@ -1,10 +1,11 @@
 """Caffe dialects, one module per fork; importing this package registers them all."""
 
 # Registered on import; segnet, enet and pspnet are the segmentation zoo's forks (docs/zoo.md).
-# mobilenet, shufflenet and senet are the later classifiers' forks (README "Classifiers").
+# depthwise, mobilenet, shufflenet and senet are the later classifiers' forks (README "Classifiers").
 from caffe2torch.dialects import (  # noqa: F401
     deeplab_v1,
     deeplab_v2,
+    depthwise,
     enet,
     mobilenet,
     pspnet,

@@ -26,6 +26,7 @@ from __future__ import annotations
 from torch import nn
 
 from caffe2torch.caffe_math import conv_output_size
+from caffe2torch.layers.conv import ConvolutionConverter
 from caffe2torch.layers.registry import (
     CaffeLayer,
     LayerConverter,
@@ -195,3 +196,33 @@ class CaffeAxpy(CaffeLayer):
     def forward(self, a, x, y):
         scale = a.reshape(a.shape[0], a.shape[1], *([1] * (x.dim() - 2)))
         return scale * x + y
+
+
+@register("DepthwiseConvolution")
+class DepthwiseConvolutionConverter(ConvolutionConverter):
+    """`DepthwiseConvolution` (yonghenglh6/DepthwiseConvolution and the MobileNet ports that copied it): several
+    forks register a layer of this name over upstream's convolution_param, and they compute one filter per input
+    channel only where the file says so (group = num_output = the input's channels): some run upstream's
+    grouped convolution on the CPU, some a per-channel loop that ignores group and dilation, and their GPU
+    kernels assume a true depthwise filter. Where the file is that depthwise convolution they all agree, and it
+    converts as Convolution (weights (C, 1, k_h, k_w)); any other group, num_output or dilation is refused, since
+    the forks disagree on it."""
+
+    def check(self, spec, ctx):
+        problems = super().check(spec, ctx)
+        p = spec.param("convolution_param")
+        if any(d != 1 for d in p.get("dilation", [1])):
+            problems.append(f"dilation {'x'.join(str(d) for d in p['dilation'])}: the forks' DepthwiseConvolution "
+                            "kernels differ on dilation (some ignore it); only dilation 1 is read alike")
+        if int(p.get("group", 1)) != int(p.get("num_output", 0)):
+            problems.append(f"group {p.get('group', 1)} with num_output {p.get('num_output')}: a DepthwiseConvolution "
+                            "the forks compute alike has group = num_output = the input's channels")
+        return problems
+
+    def output_shapes(self, spec, bottoms, ctx):
+        channels = bottoms[0][1] if len(bottoms[0]) > 1 else None
+        group = int(spec.param("convolution_param").get("group", 1))
+        if channels is not None and channels != group:
+            raise ValueError(f"the input has {channels} channels but group is {group}: a DepthwiseConvolution the "
+                             "forks compute alike has one group per input channel")
+        return super().output_shapes(spec, bottoms, ctx)
