@@ -32,6 +32,7 @@ from caffe2torch.runner import (
     postprocess,
     preprocess,
 )
+from caffe2torch.shapes import infer_shapes
 
 from .conftest import net_from_text, spec_from_text, write_random_weights
 
@@ -424,3 +425,61 @@ def test_scores_smaller_than_the_input_and_on_no_grid_are_refused_before_the_fir
     ran = invoke(run, ["--onnx", tmp_path / "out" / "model.onnx", path, "-o", tmp_path / "run"])
     assert ran.exit_code == 2 and "no stride grid" in ran.output, ran.output
     assert not (tmp_path / "run" / "photo.png").exists()
+
+
+# -- which output the runner segments with ------------------------------------------------------------------
+
+LABEL_MAP_NET = """name: "ends_in_labels"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 17 dim: 17 }
+layer { name: "side" type: "Pooling" bottom: "data" top: "side" pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "score" type: "Convolution" bottom: "conv" top: "score"
+        convolution_param { num_output: 5 kernel_size: 1 } }
+layer { name: "prob" type: "Softmax" bottom: "score" top: "prob" }
+layer { name: "argmax" type: "ArgMax" bottom: "prob" top: "argmax" argmax_param { axis: 1 } }
+"""
+
+
+def test_the_runner_segments_with_the_logits_of_the_deepest_output(tmp_path):
+    # An unused side blob ('side': a pooled copy of the input) is an output too, and SegNet-style files end in
+    # Softmax + ArgMax (a one-channel label map): the model ends at the logits of the deepest output.
+    from caffe2torch.in_net_crf import logits_behind, runner_outputs
+
+    spec = spec_from_text(LABEL_MAP_NET)
+    assert spec.outputs() == ["side", "argmax"]
+    chosen = runner_outputs(spec, shapes=infer_shapes(spec).blobs)
+    assert chosen.outputs == ["score", "side"]
+    assert runner_outputs(spec).outputs == ["argmax", "side"]  # without shapes, nothing says 'score' is a map
+    assert any("'argmax', the one computed by the most layers" in note for note in chosen.notes)
+    assert any("ends at 'score', before the ArgMax 'argmax' and Softmax 'prob'" in note for note in chosen.notes)
+    assert logits_behind(spec_from_text(LABEL_MAP_NET.replace("{ axis: 1 }", "{ }")), "argmax") == ("argmax", [])
+    in_place = LABEL_MAP_NET.replace('bottom: "score" top: "prob"', 'bottom: "score" top: "score"').replace(
+        'bottom: "prob" top: "argmax"', 'bottom: "score" top: "argmax"')
+    assert logits_behind(spec_from_text(in_place), "argmax") == ("score", ["ArgMax 'argmax'"])
+    prototxt, caffemodel = write_model(tmp_path, LABEL_MAP_NET)
+    result = invoke(convert, [prototxt, caffemodel, "-o", tmp_path / "out"])
+    assert result.exit_code == 0 and "classes: 5" in result.output, result.output
+    rgb = scene(17, 17)
+    ran = invoke(run, ["--onnx", tmp_path / "out" / "model.onnx", _save(tmp_path / "photo.png", rgb),
+                       "-o", tmp_path / "run"])
+    assert ran.exit_code == 0, ran.output
+    labels = np.asarray(Image.open(tmp_path / "run" / "photo.png"))
+    net = load(tmp_path / "out" / "model.safetensors")
+    blobs = net.run({"data": torch.from_numpy(preprocess(rgb, TorchBackend(tmp_path / "out" /
+                                                                            "model.safetensors").info))},
+                    all_blobs=True)
+    np.testing.assert_array_equal(labels, blobs["argmax"][0, 0].numpy().astype(np.uint8))
+    assert len(np.unique(labels)) > 1
+
+
+def test_a_classifiers_probabilities_stay_its_output():
+    from caffe2torch.in_net_crf import runner_outputs
+
+    text = """input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+    layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 4 } }
+    layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }"""
+    spec = spec_from_text(text)
+    assert runner_outputs(spec, shapes=infer_shapes(spec).blobs).outputs == ["prob"]

@@ -121,7 +121,7 @@ def main(files, model_id, outdir, defines, phase, stages, input_shapes, inputs, 
     requested = [o for o in onnx_outputs.split(",") if o] or None
     if requested:
         check_blob_names(net, requested, "--onnx-outputs")
-    chosen = runner_outputs(spec, requested)
+    chosen = runner_outputs(spec, requested, net.shapes.blobs)
     echo_notes(chosen.notes)
     preset = crf_preset or (known.crf_preset if known and chosen.crf is None else None)
     sizes = known_input_sizes(spec, chosen.outputs)

@@ -4,6 +4,7 @@ against what a backend's model actually computes before the first image."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from caffe2torch.class_names import default_class_names
@@ -12,7 +13,7 @@ from caffe2torch.images import VOC_CLASSES
 from caffe2torch.in_net_crf import needed_inputs, runner_outputs
 from caffe2torch.input_sizes import InputSizes, known_input_sizes
 from caffe2torch.model_metadata import checked_runner_metadata
-from caffe2torch.netspec import NetSpec
+from caffe2torch.netspec import NetSpec, Shape
 from caffe2torch.shapes import infer_shapes
 
 DEEPLAB_MEAN_BGR = (104.008, 116.669, 122.675)
@@ -72,14 +73,15 @@ class ModelInfo:
 
 
 def model_info(spec: NetSpec, crf_preset: str | None = None, outputs: list[str] | None = None,
-               class_names: list[str] | None = None, sizes: InputSizes | None = None) -> ModelInfo:
+               class_names: list[str] | None = None, sizes: InputSizes | None = None,
+               shapes: Mapping[str, Shape] | None = None) -> ModelInfo:
     """ModelInfo from a NetSpec: the image input's data-layer transform, the runner's output (the net's first
     output, or the scores a DenseCRF layer reads, see in_net_crf.runner_outputs), its class count, the input
     sizes the net accepts, and the CRF setting: the net's own DenseCRF layer, unless `crf_preset` is given."""
     image = next((i for i in spec.inputs if i.role == "image"), spec.inputs[0] if spec.inputs else None)
     if image is None:
         raise CaffeError("the net has no inputs", Location(spec.source))
-    chosen = runner_outputs(spec, outputs)
+    chosen = runner_outputs(spec, outputs, shapes)
     transform = image.transform
     info = ModelInfo(input_name=image.name, output_name=chosen.outputs[0])
     mean = transform.get("mean_value")

@@ -30,7 +30,7 @@ def artifact_info(net, meta: dict, path) -> ModelInfo:
         preset = None if preset is None else check_crf_preset(preset)
     except ValueError as exc:
         raise model_error(path, f"bad model metadata 'crf_preset': {exc}") from None
-    info = model_info(net.spec, preset)
+    info = model_info(net.spec, preset, shapes=net.shapes.blobs)
     model_id = meta.get("model_id") or None
     if model_id is not None:
         from caffe2torch.known_models import known_models
