@@ -156,8 +156,12 @@ def main(files, model_id, outdir, defines, phase, stages, input_shapes, inputs, 
         click.echo(f"wrote {out / ONNX_NAME} (onnxruntime, output {', '.join(chosen.outputs)}; {described})")
     save_artifact(net, artifact, {**sources, "runner": json.dumps(info.to_metadata())})
     params = sum(p.numel() for p in net.parameters())
-    click.echo(f"wrote {artifact} ({len(spec.layers)} layers, {params:,} parameters, "
-               f"{len(loaded.loaded)} layers with weights) in {time.perf_counter() - started:.1f} s")
+    # Caffe's blobs also hold statistics (BatchNorm's mean, variance and factor; PSPNet's BN): deeplab-info's
+    # caffemodel total counts them, so they are named here rather than silently left out.
+    statistics = sum(b.numel() for b in net.buffers())
+    click.echo(f"wrote {artifact} ({len(spec.layers)} layers, {params:,} parameters"
+               + (f" + {statistics:,} statistics" if statistics else "")
+               + f", {len(loaded.loaded)} layers with weights) in {time.perf_counter() - started:.1f} s")
     if is_classifier_output(shape):
         click.echo(f"classes: {describe_classes(info.class_names)}; a classifier (output '{chosen.outputs[0]}' "
                    f"{'x'.join(map(str, shape))}, not a score map): use caffe2torch.load or the ONNX model directly "
