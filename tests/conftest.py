@@ -57,6 +57,15 @@ def run_net(net: CaffeNet, **inputs: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in blobs.items()}
 
 
+def write_net_files(folder: Path, text: str, name: str = "tiny") -> tuple[Path, Path]:
+    """`name`.prototxt with `text` and `name`.caffemodel with random weights for it, in `folder`."""
+    prototxt = folder / f"{name}.prototxt"
+    prototxt.write_text(text)
+    caffemodel = folder / f"{name}.caffemodel"
+    write_random_weights(net_from_text(text), caffemodel)
+    return prototxt, caffemodel
+
+
 def write_random_weights(net: CaffeNet, path: Path, dialect: str = "v2", seed: int = 0) -> dict[str, list]:
     """Write a caffemodel with random blobs of the right shapes for `net` using our writer."""
     rng = np.random.default_rng(seed)

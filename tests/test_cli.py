@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from caffe2torch import artifact
 from caffe2torch.cli import convert, info, verify
 
-from .conftest import CORPUS, REFERENCE, net_from_text, require_shared, write_random_weights
+from .conftest import CORPUS, REFERENCE, net_from_text, require_shared, write_net_files, write_random_weights
 
 NET = """name: "tiny"
 input: "data"
@@ -37,11 +37,7 @@ def invoke(command, args):
 
 @pytest.fixture()
 def tiny(tmp_path):
-    prototxt = tmp_path / "tiny.prototxt"
-    prototxt.write_text(NET)
-    caffemodel = tmp_path / "tiny.caffemodel"
-    write_random_weights(net_from_text(NET), caffemodel)
-    return prototxt, caffemodel
+    return write_net_files(tmp_path, NET)
 
 
 def test_info_text_and_json(tiny):

@@ -14,7 +14,7 @@ from caffe2torch.cli import convert, info, run, verify
 from caffe2torch.cli import eval as eval_cli
 from caffe2torch.wire import len_field, varint
 
-from .conftest import net_from_text, write_random_weights
+from .conftest import net_from_text, write_net_files
 from .runtime_helpers import convert_tiny_model, save_photo, tree_digest, voc_layout
 
 NET = """name: "tiny"
@@ -42,11 +42,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture()
 def tiny(tmp_path):
-    prototxt = tmp_path / "tiny.prototxt"
-    prototxt.write_text(NET)
-    caffemodel = tmp_path / "tiny.caffemodel"
-    write_random_weights(net_from_text(NET), caffemodel)
-    return prototxt, caffemodel
+    return write_net_files(tmp_path, NET)
 
 
 # ---------------------------------------------------------------------------------------------------------

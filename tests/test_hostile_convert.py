@@ -25,7 +25,7 @@ from caffe2torch.errors import ArtifactError, CaffeError, InvalidNetError, Limit
 from caffe2torch.pipeline import convert as convert_net
 from caffe2torch.pipeline import read_net
 
-from .conftest import net_from_text, write_random_weights
+from .conftest import net_from_text, write_net_files, write_random_weights
 from .test_fuzz import capped_memory
 
 NET = """name: "tiny"
@@ -58,10 +58,7 @@ def refused(result, *fragments):
 
 @pytest.fixture()
 def tiny(tmp_path):
-    prototxt = tmp_path / "tiny.prototxt"
-    prototxt.write_text(NET)
-    caffemodel = tmp_path / "tiny.caffemodel"
-    write_random_weights(net_from_text(NET), caffemodel)
+    prototxt, caffemodel = write_net_files(tmp_path, NET)
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, data=np.random.default_rng(0).standard_normal((1, 3, 17, 17)).astype(np.float32))
     return prototxt, caffemodel, inputs
