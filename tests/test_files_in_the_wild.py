@@ -200,6 +200,8 @@ def test_stage_rules_select_layers_and_the_error_names_the_stage_to_give(tmp_pat
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(info_main, [str(tmp_path / "staged.prototxt")])
     assert result.exit_code == 2 and "--stage test-on-train" in result.output
+    result = CliRunner().invoke(info_main, [str(tmp_path / "staged.prototxt"), "--stage", ""])
+    assert result.exit_code == 2 and "'' is not a stage name" in result.output
 
 
 def read_net_from_text(tmp_path, text: str, **kwargs):

@@ -75,11 +75,21 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _stage_names(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    """--stage values: Caffe's stage names, non-empty and without surrounding white space (a rule's
+    `stage: "x"` never matches ' x')."""
+    for value in values:
+        if not value or value != value.strip():
+            raise click.BadParameter(f"{value!r} is not a stage name (give the name a rule's 'stage:' uses)",
+                                     param_hint="--stage")
+    return values
+
+
 def net_options(func: Callable) -> Callable:
     """--define, --phase, --stage and --input-shape, as every command that reads a prototxt takes them."""
     func = click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=N,C,H,W",
                         help="Shape of a net input, overriding the prototxt (repeatable).")(func)
-    func = click.option("--stage", "stages", multiple=True, metavar="NAME",
+    func = click.option("--stage", "stages", multiple=True, metavar="NAME", callback=_stage_names,
                         help="A stage of Caffe's NetState for the include/exclude rules, as a solver's "
                              "test_state gives it (repeatable).")(func)
     func = click.option("--phase", type=click.Choice(["test", "train"]), default="test", show_default=True,
