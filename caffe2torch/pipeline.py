@@ -42,9 +42,12 @@ def read_net(
     defines, input_shapes = checked_defines(defines), checked_input_shapes(input_shapes)
     if not isinstance(phase, str):
         raise ArgumentTypeError(f"phase must be 'test' or 'train', not {type(phase).__name__}")
-    stages = list(stages) if isinstance(stages, (list, tuple, set, frozenset)) else [stages]
+    try:
+        stages = [stages] if isinstance(stages, str) else list(stages)
+    except TypeError:
+        stages = [stages]
     if not all(isinstance(stage, str) for stage in stages):
-        raise ArgumentTypeError("stages must be a list of stage names (strings)")
+        raise ArgumentTypeError(f"stages must be stage names (strings), such as ['test-on-test'], not {stages!r}")
     parsed = parse_prototxt(prototxt, defines=defines, dialect=dialect)
     spec = upgrade_net(parsed, phase=phase, stages=set(stages), input_shapes=input_shapes, deploy=deploy)
     check_input_shapes(spec)  # an absurd input_dim or --input-shape is refused here, before anything else

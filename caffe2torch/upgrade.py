@@ -358,7 +358,7 @@ def state_that_includes(layer: dict[str, Any], phase: str, level: int, stages: s
     """The command-line options under which Caffe would run a layer the current state leaves out, for the
     error that follows when a blob it makes is missing: its first include rule as `--phase P --stage S ...`
     (Caffe's NetState: the phase, plus stages the solver or the caller adds), or, for a layer an exclude rule
-    removes, the other phase."""
+    removes, the state without the stages that rule names, else the other phase."""
     for rule in layer.get("include", []):
         options = [f"--phase {rule['phase'].lower()}"] if "phase" in rule else [f"--phase {phase}"]
         options += [f"--stage {s}" for s in rule.get("stage", [])]
@@ -367,6 +367,9 @@ def state_that_includes(layer: dict[str, Any], phase: str, level: int, stages: s
         if ("min_level" in rule and level < rule["min_level"]) or ("max_level" in rule and level > rule["max_level"]):
             continue  # a level rule: no option sets the level, the file's `state { level }` does
         return " ".join(options)
+    for rule in layer.get("exclude", []):  # removed because a stage is set: without it, the layer runs
+        if _rule_met(rule, phase, level, stages) and rule.get("stage"):
+            return f"--phase {phase} without the stage(s) {', '.join(rule['stage'])}"
     return f"--phase {'train' if phase == 'test' else 'test'}"
 
 

@@ -202,6 +202,13 @@ def test_stage_rules_select_layers_and_the_error_names_the_stage_to_give(tmp_pat
     assert result.exit_code == 2 and "--stage test-on-train" in result.output
     result = CliRunner().invoke(info_main, [str(tmp_path / "staged.prototxt"), "--stage", ""])
     assert result.exit_code == 2 and "'' is not a stage name" in result.output
+    # a layer an exclude rule removes because of a stage: the hint drops that stage, not the phase
+    excluded = STAGED_NET.replace('include { phase: TEST stage: "test-on-test" }', 'exclude { stage: "deploy" }')
+    with pytest.raises(NetDefinitionError, match="give --phase test without the stage\\(s\\) deploy"):
+        infer_shapes(read_net_from_text(tmp_path, excluded.replace('include { phase: TEST stage: "test-on-train" }',
+                                                                   'include { phase: TRAIN }'), stages=["deploy"]))
+    from_a_generator = read_net_from_text(tmp_path, STAGED_NET, stages=(stage for stage in ["test-on-test"]))
+    assert from_a_generator.inputs[0].shape[0] == 3
 
 
 def read_net_from_text(tmp_path, text: str, **kwargs):

@@ -71,9 +71,7 @@ def test_cli_defaults_give_the_net_every_core_and_the_crf_one_worker_per_core(mo
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert default_jobs(None, crf=True) == 16 and default_jobs(None, crf=False) == 1 and default_jobs(3, True) == 3
-    assert default_threads(None, jobs=16, crf=True) == 16  # the net on every core, CRF workers beside it
-    assert default_threads(None, jobs=1, crf=True) == 16  # the CRF runs after the net, in the same process
-    assert default_threads(None, jobs=4, crf=False) == 16  # workers only write files
-    assert default_threads(5, jobs=16, crf=True) == 5
+    assert default_threads(None) == 16  # the net on every core, CRF workers beside it or not
+    assert default_threads(5) == 5
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert default_threads(None, jobs=2, crf=True) == 1
+    assert default_threads(None) == 1

@@ -123,7 +123,7 @@ def main(onnx_path, artifact, predictions, voc_root, split, list_file, label_dir
     crf_in_workers = crf and crf_device is None
     explicit_jobs, ray_threads = jobs is not None, threads
     jobs = default_jobs(jobs, crf_in_workers)
-    threads = default_threads(threads, jobs, crf_in_workers)
+    threads = default_threads(threads)
     backend = open_cli_backend(backend_name, precision, onnx_path, artifact, threads)
     check_class_count(backend)
     class_names = list(backend.info.class_names)

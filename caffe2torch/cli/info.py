@@ -80,6 +80,7 @@ def main(prototxt, caffemodel, defines, phase, stages, input_shapes, as_json):
       deeplab-info test.prototxt --define NUM_LABELS=21 --define EXP=voc12
       deeplab-info test.prototxt train_iter_20000.caffemodel --define NUM_LABELS=21 --define EXP=voc12
       deeplab-info train_iter_20000.caffemodel
+      deeplab-info train_test.prototxt --phase test --stage test-on-test   # a solver's test_state
     """
     require_file(prototxt, "a prototxt or caffemodel")  # not a FIFO: looks_binary would wait on it forever
     if caffemodel is None and looks_binary(prototxt):

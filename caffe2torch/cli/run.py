@@ -170,7 +170,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     crf_in_workers = use_crf and crf_device is None
     explicit_jobs, ray_threads = jobs is not None, threads
     jobs = default_jobs(jobs, crf_in_workers)
-    threads = default_threads(threads, jobs, crf_in_workers)
+    threads = default_threads(threads)
     allow_pixels(max_pixels)
     paths, notes = distinct_inputs(list_images(list(images)))
     if not paths:
@@ -199,8 +199,7 @@ def main(images, onnx_path, artifact, outdir, crf, crf_preset, crf_params, crf_d
     class_names = list(backend.info.class_names)
 
     def outputs_of(stem: str) -> list[Path]:
-        names = RUN_OUTPUT_SUFFIXES if save_probs else RUN_OUTPUT_SUFFIXES[:2]
-        return [out / f"{stem}{suffix}" for suffix in names]
+        return [out / f"{stem}{suffix}" for suffix in suffixes]
 
     def fail(path: Path, exc: BaseException) -> None:
         message = describe_failure(path, exc)
@@ -271,13 +270,13 @@ def default_jobs(jobs: int | None, crf: bool) -> int:
     return (os.cpu_count() or 1) if crf else 1
 
 
-def default_threads(threads: int | None, jobs: int, crf: bool) -> int:
+def default_threads(threads: int | None) -> int:
     """Threads for the network: as asked, else one per core, CRF workers or not.
     Why: with the native CRF (0.4 s per image against the net's 1 core-second) the net is the bottleneck, and
     the CRF workers are idle most of the time, so the net gains more from every core than it loses to a worker
     now and then (deeplab-eval with CRF and --jobs 2 on a quiet 2-core Xeon, 24 images: 0.79 images/s with two
     net threads against 0.66 with one; on an AMD EPYC with pydensecrf's slower CRF the two were even, 0.78 and
-    0.80). `jobs` and `crf` stay in the signature for callers that size the pool first."""
+    0.80)."""
     if threads is not None:
         return threads
     return os.cpu_count() or 1
